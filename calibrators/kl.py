@@ -1,0 +1,101 @@
+"""KL / entropy calibration: the threshold whose quantized distribution loses least information.
+
+The method of TensorRT (S. Migacz, "8-bit Inference with TensorRT", GTC 2017), in the form
+MXNet and ONNX Runtime implement it:
+
+1. Histogram the magnitudes into ``N_BINS`` bins over ``[0, absmax]``.
+2. For each candidate cut ``i`` (``levels <= i <= N_BINS``): the reference distribution ``P``
+   is ``bins[:i]`` with all clipped mass added to its last bin.  ``Q`` quantizes ``bins[:i]``
+   into ``levels`` groups of ``i // levels`` bins (the last group takes the remainder) and
+   spreads each group's mass evenly over the bins that are non-zero in ``P``.
+   The first bin is set to the second so that a spike of exact zeros does not steer the pick.
+3. Both are smoothed (zeros get ``EPS``, taken from the non-zero bins) and the cut with the
+   least ``KL(P || Q)`` wins; the threshold is the cut's upper edge, ``i * bin_width``.
+
+``levels`` is the number of non-negative codes: 128 for symmetric int8, 256 for uint8 over
+one-sided data.  All candidates are evaluated at once, in chunks, with prefix sums for the
+group totals.  Ranges with more codes than the histogram has bins (int16) keep the full range:
+clipping buys nothing at that resolution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from calibrators.histogram import Histogram
+from calibrators.types import Range, RangeSpec, is_two_sided, observed, one_sided, to_range
+
+N_BINS = 2048
+EPS = 1e-4
+_CHUNK = 256
+
+
+def resample(counts: np.ndarray, width: float, absmax: float, n_bins: int) -> np.ndarray:
+    """Counts of a ``[0, ...)`` histogram with bin ``width`` re-binned onto ``n_bins`` bins over
+    ``[0, absmax]``, by linear interpolation of the cumulative counts at the new edges."""
+    edges = np.arange(len(counts) + 1, dtype=np.float64) * width
+    cum = np.concatenate([[0.0], np.cumsum(counts, dtype=np.float64)])
+    new_edges = np.linspace(0.0, absmax, n_bins + 1)
+    resampled = np.diff(np.interp(new_edges, edges, cum))
+    resampled[-1] += cum[-1] - np.interp(absmax, edges, cum)  # the bin holding absmax itself
+    return resampled
+
+
+def _smooth(dist: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Give zero entries EPS, taken evenly from the non-zero ones (per row, over ``valid``)."""
+    zeros = (dist == 0) & valid
+    nonzeros = (dist != 0) & valid
+    n_zeros = zeros.sum(axis=1, keepdims=True)
+    n_nonzeros = np.maximum(nonzeros.sum(axis=1, keepdims=True), 1)
+    return dist + EPS * zeros - (EPS * n_zeros / n_nonzeros) * nonzeros
+
+
+def divergences(bins: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """KL(P || Q) for every cut ``i`` in ``levels .. len(bins)``; returns ``(cuts, kl)``."""
+    n = len(bins)
+    cuts = np.arange(levels, n + 1)
+    cum = np.concatenate([[0.0], np.cumsum(bins)])
+    nz_cum = np.concatenate([[0], np.cumsum(bins != 0)])
+    j = np.arange(n)
+    out = np.empty(len(cuts))
+    for c0 in range(0, len(cuts), _CHUNK):
+        i = cuts[c0:c0 + _CHUNK, None]                       # [C, 1] candidate cuts
+        valid = j[None, :] < i                                 # [C, n] bins kept by the cut
+        p = np.where(valid, bins[None, :], 0.0)
+        outliers = cum[-1] - cum[i[:, 0]]
+        p[np.arange(len(i)), i[:, 0] - 1] += outliers
+        merged = i // levels                                   # bins per group
+        group = np.minimum(j[None, :] // merged, levels - 1)   # [C, n] group of each bin
+        start = group * merged
+        stop = np.where(group == levels - 1, i, start + merged)
+        total = cum[stop] - cum[start]
+        nonzero = (nz_cum[stop] - nz_cum[start]).astype(np.float64)
+        # The clipped mass can make the last kept bin non-zero in P although it is zero in bins.
+        last_gained = (bins[i[:, 0] - 1] == 0) & (outliers > 0)
+        nonzero += np.where((group == levels - 1) & last_gained[:, None], 1.0, 0.0)
+        q = np.where(valid & (p != 0), total / np.maximum(nonzero, 1.0), 0.0)
+        p_s, q_s = _smooth(p, valid), _smooth(q, valid)
+        p_s /= p_s.sum(axis=1, keepdims=True)
+        q_s /= q_s.sum(axis=1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(valid & (p_s > 0), p_s * np.log(p_s / q_s), 0.0)
+        out[c0:c0 + len(i)] = terms.sum(axis=1)
+    return cuts, out
+
+
+def kl_range(hist: Histogram, spec: RangeSpec) -> Range:
+    """The clipping range of least KL divergence; two-sided asymmetric data use the magnitude
+    threshold on both sides, each side clipped to what was observed."""
+    mags = one_sided(hist, spec if not is_two_sided(hist) else RangeSpec(True, spec.levels))
+    levels = mags.steps + 1
+    if hist.total == 0 or mags.absmax == 0.0 or levels * 2 > N_BINS:
+        return observed(hist, spec)
+    bins = resample(mags.counts, mags.width, mags.absmax, N_BINS)
+    # Zero is exact in every candidate quantizer; a spike of zeros (after a ReLU) would otherwise
+    # dominate P and Q and pull the threshold down (pytorch-quantization does the same).
+    bins[0] = bins[1]
+    cuts, kl = divergences(bins, levels)
+    threshold = float(cuts[int(np.argmin(kl))]) * mags.absmax / N_BINS
+    if not spec.symmetric and is_two_sided(hist):
+        return Range(max(-threshold, hist.minimum), min(threshold, hist.maximum))
+    return to_range(hist, spec, threshold, mags.sign)

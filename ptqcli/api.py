@@ -1,0 +1,102 @@
+"""The Python API: the same verbs as the CLI, for notebooks and CI jobs."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager
+
+from ptqcli import collect, observations as obs_io, scale_table
+from ptqcli.calibrate import CalibrationOptions, build_table, decide
+from ptqcli.dataset import ImageSpec, batches, list_samples
+from ptqcli.errors import ObservationError, OptionError
+from ptqcli.export_qdq import check_table, export as export_model, save as save_model
+from ptqcli.graph import prepare
+from ptqcli.scale_table import ScaleTable
+from ptqcli.tensors import observed_tensors
+
+#: ``progress(total)`` returns a context manager yielding ``update(n)``.
+ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """How a sample folder is read: ``batch_size`` samples per run, the first ``limit`` files,
+    images turned into tensors by ``image``."""
+
+    batch_size: int = 8
+    limit: int | None = None
+    image: ImageSpec = field(default_factory=ImageSpec)
+
+
+@dataclass(frozen=True)
+class CalibrateResult:
+    table: ScaleTable
+    table_path: pathlib.Path
+    observations_path: pathlib.Path
+    observed_tensors: int
+    seconds_observe: float
+    seconds_total: float
+
+
+def default_table_path(model: str | pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(model).with_suffix(".table.json")
+
+
+def observations_path_for(table_path: pathlib.Path) -> pathlib.Path:
+    return table_path.with_name(table_path.name.removesuffix(".json") + ".obs.npz")
+
+
+def _no_progress(total: int) -> ContextManager[Callable[[int], None]]:
+    return nullcontext(lambda n: None)
+
+
+def calibrate(model: str | pathlib.Path, *, data: str | pathlib.Path | None = None,
+              output: str | pathlib.Path | None = None, observations: str | pathlib.Path | None = None,
+              options: CalibrationOptions = CalibrationOptions(), data_options: DataOptions = DataOptions(),
+              subsample: int = collect.SUBSAMPLE, progress: ProgressFactory = _no_progress) -> CalibrateResult:
+    """Observe ``data`` (or load saved ``observations``) and write the scale table."""
+    start = time.perf_counter()
+    options.validate()
+    if (data is None) == (observations is None):
+        raise OptionError("give either --data DIR or --observations FILE")
+    table_path = pathlib.Path(output) if output is not None else default_table_path(model)
+    if not table_path.parent.is_dir():
+        raise OptionError(f"-o {str(table_path)!r}: folder {str(table_path.parent)!r} does not exist")
+    prepared = prepare(model)
+    decisions = decide(prepared, options)  # option errors surface before the model runs
+    seconds_observe = 0.0
+    if observations is not None:
+        obs = obs_io.load(observations)
+        obs_path = pathlib.Path(observations)
+        if obs.fingerprint != prepared.fingerprint:
+            raise ObservationError(f"{obs_path}: the observations were made on another model")
+    else:
+        files = list_samples(data, limit=data_options.limit)
+        tensors = observed_tensors(prepared.index, decisions.structure)
+        t0 = time.perf_counter()
+        with progress(len(files)) as update:
+            feed = batches(files, prepared.inputs, batch_size=data_options.batch_size, image=data_options.image)
+            obs = collect.observe(prepared, tensors, feed, subsample=subsample, progress=update)
+        seconds_observe = time.perf_counter() - t0
+        obs_path = observations_path_for(table_path)
+    table = build_table(prepared, obs, options)
+    if observations is None:
+        obs_io.save(obs, obs_path)
+    scale_table.write(table, table_path)
+    return CalibrateResult(table, table_path, obs_path, len(obs.histograms), seconds_observe,
+                           time.perf_counter() - start)
+
+
+def export(model: str | pathlib.Path, table: str | pathlib.Path, output: str | pathlib.Path) -> pathlib.Path:
+    """Write the QDQ model of ``model`` quantized with the scale table at ``table``."""
+    output = pathlib.Path(output)
+    if not output.parent.is_dir():
+        raise OptionError(f"-o {str(output)!r}: folder {str(output.parent)!r} does not exist")
+    prepared = prepare(model)
+    loaded = scale_table.load(table)
+    check_table(prepared, loaded, table)
+    save_model(export_model(prepared, loaded), output)
+    return output

@@ -1,0 +1,256 @@
+"""The ``ptq`` command: a thin layer over ``ptqcli.api``.
+
+Exit codes: 0 success, 1 failure (bad model, data, table), 2 bad usage.  Errors are one line on
+stderr; set ``PTQ_DEBUG=1`` to see the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Callable
+
+import click
+
+from ptqcli import __version__, api
+from ptqcli.calibrate import CalibrationOptions
+from ptqcli.dataset import ImageSpec
+from ptqcli.errors import PtqError
+
+
+class _Failure(click.ClickException):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _reported(fn: Callable) -> Callable:
+    """Turn PtqError (and anything unexpected) into a one-line message and an exit code."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PtqError as exc:
+            raise _Failure(str(exc), exc.exit_code) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as exc:
+            if os.environ.get("PTQ_DEBUG"):
+                raise
+            raise _Failure(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                           f"(set PTQ_DEBUG=1 for the traceback)", 1) from None
+    return wrapper
+
+
+class _Pair(click.ParamType):
+    """NAME=VALUE, where VALUE is parsed by ``parse``."""
+
+    def __init__(self, name: str, metavar: str, parse: Callable[[str], Any]) -> None:
+        self.name, self._metavar, self._parse = name, metavar, parse
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return self._metavar
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        name, sep, rest = str(value).rpartition("=")
+        if not sep or not name:
+            self.fail(f"{value!r} is not of the form {self._metavar}", param, ctx)
+        try:
+            return name, self._parse(rest)
+        except ValueError as exc:
+            self.fail(f"{value!r}: {exc}", param, ctx)
+
+
+def _lo_hi(text: str) -> tuple[float, float]:
+    lo, sep, hi = text.partition(":")
+    if not sep:
+        raise ValueError("expected LO:HI")
+    values = float(lo), float(hi)
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("LO and HI must be finite numbers")
+    return values
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.replace(",", " ").split())
+
+
+class _FloatList(click.ParamType):
+    name = "floats"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            values = _floats(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        if not values:
+            self.fail("expected at least one number", param, ctx)
+        return values
+
+
+class _Size(click.ParamType):
+    name = "HxW"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).lower().replace("x", ",").split(",")
+        try:
+            h, w = (int(p) for p in parts)
+        except ValueError:
+            self.fail(f"{value!r} is not HEIGHTxWIDTH", param, ctx)
+        if h <= 0 or w <= 0:
+            self.fail(f"{value!r}: sizes must be positive", param, ctx)
+        return h, w
+
+
+def _data_options(fn: Callable) -> Callable:
+    options = [
+        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="Samples per ONNX Runtime run (samples of equal shape are stacked)."),
+        click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N samples only."),
+        click.option("--size", type=_Size(), default=None, help="Images: resize to HEIGHTxWIDTH."),
+        click.option("--mean", type=_FloatList(), default="0", show_default=True,
+                     help="Images: per-channel mean subtracted from pixels scaled to [0, 1]."),
+        click.option("--std", type=_FloatList(), default="1", show_default=True,
+                     help="Images: per-channel divisor after the mean."),
+        click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True,
+                     help="Images: tensor layout."),
+        click.option("--bgr", is_flag=True, help="Images: channel order BGR instead of RGB."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr."),
+        click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _data(batch_size: int, limit: int | None, size, mean, std, layout: str, bgr: bool) -> api.DataOptions:
+    return api.DataOptions(batch_size, limit, ImageSpec(size, tuple(mean), tuple(std), layout, bgr))
+
+
+def _progress(label: str, quiet: bool) -> api.ProgressFactory:
+    @contextlib.contextmanager
+    def factory(total: int):
+        if quiet:
+            yield lambda n: None
+        elif sys.stderr.isatty():
+            with click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True,
+                                   show_pos=True, item_show_func=None) as bar:
+                yield bar.update
+        else:
+            start = time.perf_counter()
+            click.echo(f"{label}: {total} samples...", err=True)
+            yield lambda n: None
+            click.echo(f"{label}: done in {time.perf_counter() - start:.1f} s", err=True)
+    return factory
+
+
+def _emit_json(payload: dict) -> None:
+    click.echo(json.dumps(payload, sort_keys=True, indent=1, allow_nan=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ptq")
+def main() -> None:
+    """Post-training quantization of ONNX models: calibrate, export, evaluate."""
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.option("--data", type=click.Path(path_type=pathlib.Path), default=None,
+              help="Folder of calibration samples (.npy, .npz, .pb, .png, .jpg), read in sorted order.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
+              help="Scale table to write [default: MODEL with suffix .table.json]; observations go "
+                   "beside it as .table.obs.npz.")
+@click.option("--observations", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
+              help="Reuse the histograms of an earlier run instead of --data.")
+@click.option("--method", type=click.Choice(["max", "percentile", "kl", "mse"]), default="percentile",
+              show_default=True, help="Range method for activations.")
+@click.option("--method-for", "method_for", multiple=True, type=_Pair("NAME=METHOD", "NAME=METHOD", str),
+              help="Range method for one tensor (repeatable).")
+@click.option("--percentile", type=float, default=99.99, show_default=True,
+              help="Mass kept by the percentile method, in percent.")
+@click.option("--symmetric", is_flag=True, help="int8 symmetric activations instead of uint8 asymmetric.")
+@click.option("--per-tensor-weights", is_flag=True, help="One weight scale per tensor instead of per channel.")
+@click.option("--int16", multiple=True, metavar="NAME", help="Tensor or node computed with int16 activations (repeatable).")
+@click.option("--exclude", multiple=True, metavar="NAME|OPTYPE", help="Node name or operator type kept in float (repeatable).")
+@click.option("--fixed-range", "fixed_range", multiple=True, type=_Pair("NAME=LO:HI", "NAME=LO:HI", _lo_hi),
+              help="Fixed range for a tensor with physical meaning (repeatable).")
+@_data_options
+@_reported
+def calibrate(model, data, output, observations, method, method_for, percentile, symmetric, per_tensor_weights,
+              int16, exclude, fixed_range, batch_size, limit, size, mean, std, layout, bgr, quiet, as_json) -> None:
+    """Observe MODEL on --data once and write its scale table."""
+    options = CalibrationOptions(
+        method=method, method_for=tuple(method_for), percentile=percentile, symmetric=symmetric,
+        per_channel=not per_tensor_weights, int16=tuple(int16), exclude=tuple(exclude),
+        fixed_ranges=tuple((n, lo, hi) for n, (lo, hi) in fixed_range))
+    result = api.calibrate(model, data=data, output=output, observations=observations, options=options,
+                           data_options=_data(batch_size, limit, size, mean, std, layout, bgr),
+                           progress=_progress("observing", quiet or as_json))
+    table = result.table
+    roles: dict[str, int] = {}
+    for entry in table.tensors.values():
+        roles[entry.role] = roles.get(entry.role, 0) + 1
+    precisions: dict[str, int] = {}
+    for node in table.nodes.values():
+        precisions[node.precision] = precisions.get(node.precision, 0) + 1
+    if as_json:
+        _emit_json({"table": str(result.table_path), "observations": str(result.observations_path),
+                    "samples": table.samples, "method": method, "tensors": roles, "nodes": precisions,
+                    "groups": len(table.groups), "observed_tensors": result.observed_tensors,
+                    "seconds": {"observe": round(result.seconds_observe, 3), "total": round(result.seconds_total, 3)}})
+    elif not quiet:
+        parts = ", ".join(f"{n} {r}{'es' if r.endswith('s') else 's'}" for r, n in sorted(roles.items()))
+        nodes = ", ".join(f"{n} {p}" for p, n in sorted(precisions.items()))
+        click.echo(f"wrote {result.table_path} ({method}; {table.samples} samples; {parts}; nodes: {nodes})", err=True)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
+              help="Scale table written by ptq calibrate for this model.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
+              help="QDQ ONNX model to write.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
+@_reported
+def export(model, table_path, output, quiet) -> None:
+    """Write MODEL as a QDQ ONNX model quantized with --table."""
+    api.export(model, table_path, output)
+    if not quiet:
+        click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
+@click.argument("float_model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.argument("quantized_model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.option("--data", required=True, type=click.Path(path_type=pathlib.Path), help="Folder of samples.")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
+              help="CSV of 'file,label' rows: report top-1 accuracy of both models.")
+@_data_options
+@_reported
+def evaluate(float_model, quantized_model, data, labels, batch_size, limit, size, mean, std, layout, bgr,
+             quiet, as_json) -> None:
+    """Compare QUANTIZED_MODEL with FLOAT_MODEL on --data: SQNR, cosine, top-1 agreement, accuracy."""
+    from ptqcli.report import evaluation_report
+
+    result = evaluation_report(float_model, quantized_model, data, labels,
+                               _data(batch_size, limit, size, mean, std, layout, bgr),
+                               _progress("evaluating", quiet or as_json))
+    if as_json:
+        _emit_json(result.as_json())
+    else:
+        click.echo(result.as_text())

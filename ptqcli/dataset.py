@@ -1,0 +1,207 @@
+"""Calibration and evaluation folders: files in sorted order, checked against the model, batched.
+
+One sample per file:
+
+- ``.npy``: the array for a single-input model;
+- ``.npz``: input name -> array, for any model;
+- ``.pb``: a serialized ONNX ``TensorProto`` (as in ONNX test data), single-input models;
+- ``.png`` / ``.jpg`` / ``.jpeg``: an image, turned into a tensor by an ``ImageSpec``.
+
+An array has the model input's rank (its leading dimension counts samples) or one less (a batch
+axis of 1 is added).  Static dimensions must match, integer and float data must match the input's
+kind (values are cast within a kind), and float data must be finite.  Other files in the folder
+(a ``labels.csv``, say) are ignored.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ptqcli.errors import DataError, OptionError
+from ptqcli.graph import InputSpec
+
+ARRAY_SUFFIXES = (".npy", ".npz", ".pb")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SUFFIXES = ARRAY_SUFFIXES + IMAGE_SUFFIXES
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How an image file becomes a model input.
+
+    Pixels are scaled to ``[0, 1]``, resized to ``size`` (height, width; default: the model's
+    static size, else the image's own), normalized as ``(x - mean) / std`` per channel, ordered
+    RGB (or BGR with ``bgr``) and laid out as ``NCHW`` or ``NHWC``.
+    """
+
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: str = "NCHW"
+    bgr: bool = False
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Model feeds for one or more samples, and the files they came from."""
+
+    feeds: Feed
+    files: tuple[pathlib.Path, ...]
+    count: int
+
+
+def list_samples(folder: str | pathlib.Path, *, limit: int | None = None) -> list[pathlib.Path]:
+    """The sample files of ``folder`` in sorted order (the first ``limit`` of them)."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a directory")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no samples (files ending in {', '.join(SUFFIXES)})")
+    return files[:limit] if limit is not None else files
+
+
+def _load_arrays(path: pathlib.Path, inputs: Sequence[InputSpec]) -> Feed:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arrays = {inputs[0].name: np.load(path, allow_pickle=False)} if len(inputs) == 1 else None
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        else:
+            import onnx
+            from onnx import numpy_helper
+
+            tensor = onnx.TensorProto()
+            tensor.ParseFromString(path.read_bytes())
+            arrays = {inputs[0].name: numpy_helper.to_array(tensor)} if len(inputs) == 1 else None
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read sample ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if arrays is None:
+        names = ", ".join(i.name for i in inputs)
+        raise DataError(f"{path}: the model has {len(inputs)} inputs ({names}); use .npz files "
+                        f"that map each input name to an array")
+    return arrays
+
+
+def _model_hw(spec: InputSpec, layout: str) -> tuple[int, int] | None:
+    if len(spec.shape) != 4:
+        return None
+    h, w = (spec.shape[2], spec.shape[3]) if layout == "NCHW" else (spec.shape[1], spec.shape[2])
+    return (h, w) if isinstance(h, int) and isinstance(w, int) else None
+
+
+def _load_image(path: pathlib.Path, spec: InputSpec, image: ImageSpec) -> np.ndarray:
+    from PIL import Image
+
+    if len(spec.shape) != 4:
+        raise DataError(f"{path}: image samples need a rank-4 model input; {spec.name!r} has "
+                        f"rank {len(spec.shape)}")
+    channels = spec.shape[1] if image.layout == "NCHW" else spec.shape[3]
+    mode = "L" if channels == 1 else "RGB"
+    try:
+        with Image.open(path) as img:
+            img = img.convert(mode)
+            size = image.size or _model_hw(spec, image.layout)
+            if size is not None and (img.height, img.width) != tuple(size):
+                img = img.resize((size[1], size[0]), Image.BILINEAR)
+            pixels = np.asarray(img, dtype=np.float32) / 255.0
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read image ({exc})") from None
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if image.bgr:
+        pixels = pixels[:, :, ::-1]
+    mean = np.asarray(image.mean, dtype=np.float32)
+    std = np.asarray(image.std, dtype=np.float32)
+    for name, values in (("--mean", mean), ("--std", std)):
+        if values.size not in (1, pixels.shape[2]):
+            raise OptionError(f"{name} has {values.size} values; {path.name} has {pixels.shape[2]} channels")
+    pixels = (pixels - mean) / std
+    if image.layout == "NCHW":
+        pixels = pixels.transpose(2, 0, 1)
+    return np.ascontiguousarray(pixels[None], dtype=np.float32)
+
+
+def _check(path: pathlib.Path, spec: InputSpec, array: np.ndarray) -> np.ndarray:
+    rank = len(spec.shape)
+    if array.ndim == rank - 1:
+        array = array[None]
+    if array.ndim != rank:
+        raise DataError(f"{path}: input {spec.name!r} expects rank {rank} {_fmt(spec.shape)}, "
+                        f"got shape {tuple(array.shape)}")
+    for axis, (want, got) in enumerate(zip(spec.shape, array.shape)):
+        if isinstance(want, int) and want != got:
+            raise DataError(f"{path}: input {spec.name!r} expects shape {_fmt(spec.shape)}, "
+                            f"got {tuple(array.shape)} (dimension {axis})")
+    want_kind = np.dtype(spec.dtype).kind
+    kinds = {"f": "f", "i": "iu", "u": "iu", "b": "b"}
+    if array.dtype.kind not in kinds.get(want_kind, want_kind):
+        raise DataError(f"{path}: input {spec.name!r} expects {np.dtype(spec.dtype).name}, "
+                        f"got {array.dtype.name}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise DataError(f"{path}: input {spec.name!r} holds NaN or infinite values")
+    if want_kind in "iu" and array.size:
+        info = np.iinfo(spec.dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise DataError(f"{path}: input {spec.name!r} has values outside {np.dtype(spec.dtype).name}")
+    return np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+
+
+def _fmt(shape: Sequence[int | str | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def read_sample(path: pathlib.Path, inputs: Sequence[InputSpec], image: ImageSpec | None = None) -> Feed:
+    """The model feeds of one file, checked against ``inputs``."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        if len(inputs) != 1:
+            raise DataError(f"{path}: image samples need a single-input model")
+        arrays = {inputs[0].name: _load_image(path, inputs[0], image or ImageSpec())}
+    else:
+        arrays = _load_arrays(path, inputs)
+    expected = {i.name for i in inputs}
+    missing = sorted(expected - arrays.keys())
+    extra = sorted(arrays.keys() - expected)
+    if missing or extra:
+        parts = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + \
+                ([f"unknown {', '.join(map(repr, extra))}"] if extra else [])
+        raise DataError(f"{path}: inputs do not match the model ({'; '.join(parts)})")
+    return {spec.name: _check(path, spec, arrays[spec.name]) for spec in inputs}
+
+
+def _batchable(inputs: Sequence[InputSpec]) -> bool:
+    return all(spec.shape and not isinstance(spec.shape[0], int) for spec in inputs)
+
+
+def batches(files: Sequence[pathlib.Path], inputs: Sequence[InputSpec], *, batch_size: int = 1,
+            image: ImageSpec | None = None) -> Iterator[Batch]:
+    """Feeds in file order; consecutive samples of equal shapes are stacked up to ``batch_size``
+    when every input has a dynamic leading dimension."""
+    if batch_size < 1:
+        raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
+    limit = batch_size if _batchable(inputs) else 1
+    pending: list[tuple[pathlib.Path, Feed]] = []
+
+    def flush() -> Batch:
+        feeds = {name: np.concatenate([f[name] for _, f in pending]) if len(pending) > 1 else pending[0][1][name]
+                 for name in pending[0][1]}
+        count = len(next(iter(feeds.values())))
+        return Batch(feeds, tuple(p for p, _ in pending), count)
+
+    for path in files:
+        feed = read_sample(path, inputs, image)
+        if pending and (len(pending) >= limit or any(
+                feed[k].shape[1:] != pending[0][1][k].shape[1:] for k in feed)):
+            yield flush()
+            pending = []
+        pending.append((path, feed))
+    if pending:
+        yield flush()

@@ -1,0 +1,88 @@
+"""Compare a quantized model with its float original on a folder of samples."""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ptqcli.dataset import ImageSpec, batches
+from ptqcli.errors import DataError
+from ptqcli.graph import InputSpec
+from ptqcli.metrics import Agreement, top1
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Per output: agreement of the quantized model with float; top-1 figures for output 0."""
+
+    outputs: dict[str, Agreement]
+    samples: int
+    top1_agreement: float | None = None
+    accuracy: dict[str, float] = field(default_factory=dict)  # "float" / "quantized" -> accuracy
+
+
+def read_labels(path: str | pathlib.Path) -> dict[str, int]:
+    """``file,label`` rows (a header row is allowed): sample file name -> integer class."""
+    path = pathlib.Path(path)
+    labels: dict[str, int] = {}
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            for lineno, row in enumerate(csv.reader(f), start=1):
+                if not row or (lineno == 1 and row[-1].strip().lower() == "label"):
+                    continue
+                if len(row) != 2:
+                    raise DataError(f"{path}:{lineno}: expected 'file,label', got {','.join(row)!r}")
+                try:
+                    labels[row[0].strip()] = int(row[1])
+                except ValueError:
+                    raise DataError(f"{path}:{lineno}: label {row[1]!r} is not an integer") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read labels ({exc.strerror})") from None
+    return labels
+
+
+Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def ort_runner(model_path: str | pathlib.Path) -> tuple[Runner, list[str]]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return (lambda feeds: session.run(names, feeds)), names
+
+
+def evaluate(reference: Runner, candidate: Runner, output_names: Sequence[str], files: Sequence[pathlib.Path],
+             inputs: Sequence[InputSpec], *, labels: dict[str, int] | None = None, batch_size: int = 1,
+             image: ImageSpec | None = None, progress: Callable[[int], None] | None = None) -> Evaluation:
+    """Run both models over ``files``; accumulate agreement and, with ``labels``, accuracy."""
+    if labels is not None:
+        missing = [f.name for f in files if f.name not in labels]
+        if missing:
+            raise DataError(f"no label for sample {missing[0]!r} (and {len(missing) - 1} more)")
+    sums = {name: Agreement() for name in output_names}
+    agree = correct_ref = correct_q = samples = 0
+    for batch in batches(files, inputs, batch_size=batch_size, image=image):
+        ref, got = reference(batch.feeds), candidate(batch.feeds)
+        for name, r, g in zip(output_names, ref, got):
+            sums[name] = sums[name].add(r, g)
+        if np.ndim(ref[0]) >= 2 and len(ref[0]) == batch.count:
+            pr, pq = top1(ref[0]), top1(got[0])
+            agree += int((pr == pq).sum())
+            if labels is not None:
+                truth = np.array([labels[f.name] for f in batch.files])
+                if len(truth) == len(pr):
+                    correct_ref += int((pr == truth).sum())
+                    correct_q += int((pq == truth).sum())
+        samples += batch.count
+        if progress is not None:
+            progress(batch.count)
+    has_top1 = np.ndim(ref[0]) >= 2 if samples else False
+    accuracy = {"float": correct_ref / samples, "quantized": correct_q / samples} if labels is not None and samples else {}
+    return Evaluation(sums, samples, agree / samples if has_top1 and samples else None, accuracy)

@@ -1,0 +1,56 @@
+"""Streaming comparison of a quantized result with its float reference.
+
+SQNR in dB is ``10 log10(sum ref**2 / sum (ref - test)**2)``; cosine similarity is taken over all
+elements of all samples.  Sums are kept in float64, so memory does not grow with the samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Running sums for one output; combine with ``add``."""
+
+    signal: float = 0.0      # sum ref**2
+    noise: float = 0.0       # sum (ref - test)**2
+    dot: float = 0.0         # sum ref * test
+    test_energy: float = 0.0  # sum test**2
+    count: int = 0
+
+    def add(self, ref: np.ndarray, test: np.ndarray) -> "Agreement":
+        r = np.asarray(ref, dtype=np.float64).ravel()
+        t = np.asarray(test, dtype=np.float64).ravel()
+        return Agreement(self.signal + float(r @ r), self.noise + float((r - t) @ (r - t)),
+                         self.dot + float(r @ t), self.test_energy + float(t @ t), self.count + r.size)
+
+    @property
+    def sqnr_db(self) -> float:
+        if self.noise == 0.0:
+            return math.inf
+        if self.signal == 0.0:
+            return -math.inf
+        return 10.0 * math.log10(self.signal / self.noise)
+
+    @property
+    def cosine(self) -> float:
+        denom = math.sqrt(self.signal * self.test_energy)
+        return self.dot / denom if denom > 0 else (1.0 if self.noise == 0.0 else 0.0)
+
+    @property
+    def mse(self) -> float:
+        return self.noise / self.count if self.count else 0.0
+
+
+def top1(logits: np.ndarray) -> np.ndarray:
+    """Class index per sample for a ``[N, classes]`` output (the last axis holds the classes)."""
+    return np.asarray(logits).reshape(len(logits), -1).argmax(axis=1)
+
+
+def finite_or_none(x: float) -> float | None:
+    """JSON has no infinity: report an infinite SQNR (identical outputs) as null."""
+    return x if math.isfinite(x) else None

@@ -1,0 +1,73 @@
+"""Observations: one streaming histogram per observed tensor, saved as ``.npz`` so that range
+methods can be changed without running the model again."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from calibrators.histogram import Histogram
+from ptqcli import __version__
+from ptqcli.errors import ObservationError
+
+FORMAT = "ptq-observations"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class Observations:
+    """Histograms by tensor name, for the model with ``fingerprint``, over ``samples`` samples.
+
+    ``subsample``: the most histogram values taken per sample and tensor (0: every value);
+    the extremes are always exact."""
+
+    fingerprint: str
+    samples: int
+    subsample: int
+    histograms: dict[str, Histogram]
+
+
+def save(obs: Observations, path: str | os.PathLike) -> None:
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    path = pathlib.Path(path)
+    names = sorted(obs.histograms)
+    meta = {"format": FORMAT, "version": VERSION, "tool": __version__, "fingerprint": obs.fingerprint,
+            "samples": obs.samples, "subsample": obs.subsample, "tensors": names}
+    arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)}
+    for i, name in enumerate(names):
+        h = obs.histograms[name]
+        arrays[f"t{i}_counts"] = h.counts
+        arrays[f"t{i}_grid"] = np.array([h.width_exp, h.offset], dtype=np.int64)
+        arrays[f"t{i}_extremes"] = np.array([h.minimum, h.maximum], dtype=np.float64)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load(path: str | os.PathLike) -> Observations:
+    path = pathlib.Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(bytes(npz["meta"]).decode())
+            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+                raise ObservationError(f"{path}: not a ptq observation file (format {VERSION})")
+            hists = {}
+            for i, name in enumerate(meta["tensors"]):
+                width_exp, offset = (int(v) for v in npz[f"t{i}_grid"])
+                lo, hi = (float(v) for v in npz[f"t{i}_extremes"])
+                hists[name] = Histogram(width_exp, offset, npz[f"t{i}_counts"].astype(np.int64), lo, hi)
+    except ObservationError:
+        raise
+    except Exception as exc:
+        raise ObservationError(f"{path}: cannot read observations ({exc})") from None
+    return Observations(meta["fingerprint"], int(meta["samples"]), int(meta["subsample"]), hists)

@@ -1,0 +1,54 @@
+"""Human and machine summaries of an evaluation."""
+
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass
+
+from ptqcli import api
+from ptqcli.dataset import list_samples
+from ptqcli.evaluate import Evaluation, evaluate, ort_runner, read_labels
+from ptqcli.graph import input_specs, load
+from ptqcli.metrics import finite_or_none
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    float_model: str
+    quantized_model: str
+    evaluation: Evaluation
+
+    def as_json(self) -> dict:
+        ev = self.evaluation
+        return {
+            "float_model": self.float_model, "quantized_model": self.quantized_model, "samples": ev.samples,
+            "outputs": {name: {"sqnr_db": finite_or_none(a.sqnr_db), "cosine": a.cosine, "mse": a.mse}
+                        for name, a in ev.outputs.items()},
+            "top1_agreement": ev.top1_agreement, "accuracy": ev.accuracy or None,
+        }
+
+    def as_text(self) -> str:
+        ev = self.evaluation
+        lines = [f"{ev.samples} samples: {self.float_model} (float) vs {self.quantized_model}"]
+        for name, a in ev.outputs.items():
+            lines.append(f"  output {name}: SQNR {a.sqnr_db:.2f} dB, cosine {a.cosine:.6f}")
+        if ev.top1_agreement is not None:
+            lines.append(f"  top-1 agreement: {ev.top1_agreement * 100:.2f} %")
+        if ev.accuracy:
+            lines.append(f"  accuracy: float {ev.accuracy['float'] * 100:.2f} %, "
+                         f"quantized {ev.accuracy['quantized'] * 100:.2f} %")
+        return "\n".join(lines)
+
+
+def evaluation_report(float_model: pathlib.Path, quantized_model: pathlib.Path, data: pathlib.Path,
+                      labels: pathlib.Path | None, data_options: api.DataOptions,
+                      progress: api.ProgressFactory) -> EvaluationReport:
+    inputs = input_specs(load(float_model))
+    load(quantized_model)
+    files = list_samples(data, limit=data_options.limit)
+    ref, names = ort_runner(float_model)
+    cand, _ = ort_runner(quantized_model)
+    with progress(len(files)) as update:
+        ev = evaluate(ref, cand, names, files, inputs, labels=read_labels(labels) if labels else None,
+                      batch_size=data_options.batch_size, image=data_options.image, progress=update)
+    return EvaluationReport(str(float_model), str(quantized_model), ev)
