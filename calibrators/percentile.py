@@ -23,7 +23,9 @@ def quantile(counts: np.ndarray, first_edge: float, width: float, fraction: floa
     if cum[-1] <= 0:
         return first_edge
     target = fraction * cum[-1]
-    k = int(np.searchsorted(cum, target, side="left"))
+    # Counts are whole numbers: the tolerance only absorbs rounding in fraction * total
+    # (99.9 / 100 * 200000 is 199800.00000000003, which must not skip to the next sample).
+    k = int(np.searchsorted(cum, target - 1e-6, side="left"))
     k = min(k, len(counts) - 1)
     below = cum[k - 1] if k > 0 else 0.0
     inside = (target - below) / counts[k] if counts[k] else 0.0

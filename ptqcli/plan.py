@@ -142,8 +142,22 @@ def _elementwise_candidate(index: GraphIndex, node: onnx.NodeProto) -> bool:
 
 
 def _lut_groups(index: GraphIndex, candidates: list[onnx.NodeProto]) -> list[Group]:
-    """Connected sets of elementwise candidates that read one tensor and write one tensor."""
+    """Connected sets of elementwise candidates that are functions of one tensor, with one output.
+
+    A candidate's *source* is the set of tensors it depends on through single-source candidates;
+    candidates with a single source ``x`` that are linked by their own tensors form a set that
+    reads only ``x``.  A set with more than one escaping output is split into single nodes."""
     by_name = {n.name: n for n in candidates}
+    source: dict[str, frozenset[str]] = {}
+    for node in candidates:  # graph order is topological
+        deps: set[str] = set()
+        for name in node.input:
+            if not name or name in index.initializers:
+                continue
+            src = index.producer.get(name)
+            inherited = src is not None and src.name in by_name and len(source[src.name]) == 1
+            deps |= source[src.name] if inherited else {name}
+        source[node.name] = frozenset(deps)
     parent = {n.name: n.name for n in candidates}
 
     def find(a: str) -> str:
@@ -153,13 +167,16 @@ def _lut_groups(index: GraphIndex, candidates: list[onnx.NodeProto]) -> list[Gro
         return a
 
     for node in candidates:
+        if len(source[node.name]) != 1:
+            continue
         for name in node.input:
             src = index.producer.get(name)
-            if src is not None and src.name in by_name:
+            if src is not None and src.name in by_name and source[src.name] == source[node.name]:
                 parent[find(node.name)] = find(src.name)
     components: dict[str, list[onnx.NodeProto]] = {}
-    for node in candidates:  # graph order is topological, so each component keeps that order
-        components.setdefault(find(node.name), []).append(node)
+    for node in candidates:
+        if len(source[node.name]) == 1:
+            components.setdefault(find(node.name), []).append(node)
     groups = []
     for members in components.values():
         group = _as_lut(index, members)

@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+import calibrators
+from calibrators import RangeSpec, histogram as H
+from calibrators.kl import divergences, kl_range
+from calibrators.max import max_range
+from calibrators.mse import expected_errors, mse_range
+from calibrators.percentile import percentile_range
+
+SYM, ASYM = RangeSpec(symmetric=True), RangeSpec(symmetric=False)
+
+
+def hist_of(x):
+    return H.update(H.empty(), np.asarray(x, dtype=np.float32))
+
+
+def fake_quant_error(x, lo, hi, symmetric):
+    """Mean squared error of quantizing x with ONNX arithmetic onto [lo, hi]."""
+    if symmetric:
+        scale, zp, qmin, qmax = hi / 127, 0, -128, 127
+    else:
+        scale = (hi - lo) / 255
+        zp, qmin, qmax = np.rint(-lo / scale), 0, 255
+    q = np.clip(np.rint(x / scale) + zp, qmin, qmax)
+    return float(np.mean(((q - zp) * scale - x) ** 2))
+
+
+def test_max_is_the_observed_range_with_zero_included():
+    h = hist_of([0.5, 2.0, 3.0])
+    assert max_range(h, ASYM) == calibrators.Range(0.0, 3.0)
+    assert max_range(hist_of([-4.0, 1.0]), SYM) == calibrators.Range(-4.0, 4.0)
+    assert max_range(hist_of([-4.0, 1.0]), ASYM) == calibrators.Range(-4.0, 1.0)
+
+
+def test_percentile_matches_numpy_within_one_bin(rng):
+    x = rng.standard_t(3, 200_003).astype(np.float32)  # p * n is never a whole number
+    h = hist_of(x)
+    # The histogram reads a cumulative distribution, so compare with numpy's inverted-CDF
+    # definition; in a sparse tail, interpolating conventions differ by a whole order statistic.
+    def numpy_q(values, q):
+        return np.percentile(values, q, method="inverted_cdf")
+
+    for p in (90.0, 99.0, 99.9, 99.99):
+        r = percentile_range(h, RangeSpec(True, percentile=p))
+        assert abs(r.hi - numpy_q(np.abs(x), p)) <= h.width
+        r = percentile_range(h, RangeSpec(False, percentile=p))
+        assert abs(r.hi - numpy_q(x, p)) <= h.width
+        assert abs(r.lo - numpy_q(x, 100 - p)) <= h.width
+
+
+def test_percentile_100_is_max(rng):
+    x = rng.normal(size=1000)
+    h = hist_of(x)
+    assert percentile_range(h, RangeSpec(True, percentile=100.0)).hi == pytest.approx(max_range(h, SYM).hi)
+
+
+def test_kl_keeps_nearly_the_full_range_of_a_uniform_distribution(rng):
+    h = hist_of(rng.uniform(-1, 1, 500_000))
+    assert kl_range(h, SYM).hi >= 0.97 * h.absmax
+
+
+def test_kl_clips_a_heavy_tail(rng):
+    x = np.concatenate([rng.normal(size=200_000), [60.0, -55.0]])
+    r = kl_range(hist_of(x), SYM)
+    assert 3.0 < r.hi < 20.0
+
+
+def _kl_reference(bins, levels):
+    """The TensorRT/MXNet loop, one candidate at a time."""
+    def smooth(p, eps=1e-4):
+        zeros, nonzeros = p == 0, p != 0
+        eps1 = eps * zeros.sum() / nonzeros.sum()
+        return p + eps * zeros - eps1 * nonzeros
+
+    out = []
+    for i in range(levels, len(bins) + 1):
+        p = bins[:i].copy()
+        p[-1] += bins[i:].sum()
+        nz = p != 0
+        merged = i // levels
+        q = np.zeros(i)
+        for j in range(levels):
+            s = j * merged
+            e = s + merged if j < levels - 1 else i
+            if nz[s:e].sum():
+                q[s:e] = bins[s:e].sum() / nz[s:e].sum()
+        q[p == 0] = 0
+        out.append(stats.entropy(smooth(p), smooth(q)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("levels", [8, 32])
+def test_kl_vectorized_equals_the_candidate_loop(rng, levels):
+    bins = np.histogram(np.abs(rng.laplace(size=20_000)), bins=300)[0].astype(np.float64)
+    bins[[5, 17, 140]] = 0  # empty bins exercise the smoothing
+    cuts, kl = divergences(bins, levels)
+    assert np.allclose(kl, _kl_reference(bins, levels), rtol=1e-9, atol=1e-12)
+    assert cuts[0] == levels and cuts[-1] == len(bins)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("dist", ["normal", "laplace_outliers", "relu", "uniform"])
+def test_mse_pick_never_has_larger_error_than_max(rng, dist, symmetric):
+    x = {"normal": rng.normal(size=100_000),
+         "laplace_outliers": np.concatenate([rng.laplace(size=100_000), [45.0]]),
+         "relu": np.maximum(rng.normal(size=100_000), 0),
+         "uniform": rng.uniform(-1, 3, 100_000)}[dist].astype(np.float32)
+    h = hist_of(x)
+    spec = RangeSpec(symmetric)
+    picked, full = mse_range(h, spec), max_range(h, spec)
+    # Strictly on the histogram's error model (max is one of the candidates); on the raw data with
+    # real ONNX rounding the model is an estimate, so allow 1 % (a poor pick loses far more).
+    e = expected_errors(h, np.array([picked.lo, full.lo]), np.array([picked.hi, full.hi]),
+                        np.array([(picked.hi - picked.lo), (full.hi - full.lo)]) / (254 if symmetric else 255))
+    assert e[0] <= e[1]
+    assert fake_quant_error(x, picked.lo, picked.hi, symmetric) <= fake_quant_error(x, full.lo, full.hi, symmetric) * 1.01
+
+
+def test_mse_expected_error_tracks_real_quantization_error(rng):
+    x = rng.laplace(size=200_000).astype(np.float32)
+    h = hist_of(x)
+    for t in (2.0, 4.0, 8.0):
+        est = expected_errors(h, np.array([-t]), np.array([t]), np.array([t / 127]))[0] / x.size
+        assert est == pytest.approx(fake_quant_error(x, -t, t, True), rel=0.05)
+
+
+def test_every_method_returns_a_range_containing_zero(rng):
+    samples = [rng.normal(2, 0.5, 5000), -np.abs(rng.normal(size=5000)), rng.normal(size=5000), np.zeros(10)]
+    for x in samples:
+        h = hist_of(x)
+        for name, method in calibrators.METHODS.items():
+            for spec in (SYM, ASYM, RangeSpec(True, levels=65536)):
+                r = method(h, spec)
+                assert r.lo <= 0.0 <= r.hi, (name, spec, r)
+                assert r.lo >= min(h.minimum, 0.0) - 1e-9 or spec.symmetric
+                if spec.symmetric:
+                    assert r.lo == -r.hi
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(calibrators.UnknownMethod, match="known: max, percentile, kl, mse"):
+        calibrators.method("entropy")

@@ -1,0 +1,122 @@
+"""calibrate -> export -> ONNX Runtime on the bundled sample models."""
+
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from fakequant import fake_quant
+from ptqcli import api, scale_table
+from ptqcli.calibrate import CalibrationOptions
+from ptqcli.dataset import batches, list_samples
+from ptqcli.evaluate import read_labels
+from ptqcli.graph import prepare
+
+METHODS = ["max", "percentile", "kl", "mse"]
+
+
+def accuracy(model_path, eval_dir):
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    labels = read_labels(eval_dir / "labels.csv")
+    files = list_samples(eval_dir)
+    x = np.concatenate([np.load(f) for f in files])
+    pred = session.run(None, {"image": x})[0].argmax(1)
+    return float(np.mean(pred == np.array([labels[f.name] for f in files])))
+
+
+@pytest.fixture(scope="module")
+def cnn_tables(tmp_path_factory, cnn_model, calib_dir):
+    """One observation pass, then every method from the saved observations."""
+    out = tmp_path_factory.mktemp("cnn")
+    first = api.calibrate(cnn_model, data=calib_dir, output=out / "max.table.json",
+                          options=CalibrationOptions(method="max"))
+    tables = {"max": first.table_path}
+    for method in METHODS[1:]:
+        r = api.calibrate(cnn_model, observations=first.observations_path, output=out / f"{method}.table.json",
+                          options=CalibrationOptions(method=method))
+        tables[method] = r.table_path
+    return out, tables
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_keeps_accuracy_within_one_point(cnn_tables, cnn_model, eval_dir, method):
+    out, tables = cnn_tables
+    qdq = api.export(cnn_model, tables[method], out / f"{method}.onnx")
+    onnx.checker.check_model(onnx.load(str(qdq)), full_check=True)
+    ops = {n.op_type for n in onnx.load(str(qdq)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    float_acc, int8_acc = accuracy(cnn_model, eval_dir), accuracy(qdq, eval_dir)
+    assert float_acc > 0.95
+    assert int8_acc >= float_acc - 0.01, (method, float_acc, int8_acc)
+
+
+def test_exported_model_matches_numpy_fake_quant_reference(cnn_tables, cnn_model, eval_dir):
+    out, tables = cnn_tables
+    qdq = api.export(cnn_model, tables["percentile"], out / "ref.onnx")
+    table = scale_table.load(tables["percentile"])
+    prepared = prepare(cnn_model)
+    x = np.concatenate([np.load(f) for f in list_samples(eval_dir, limit=64)])
+    got = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    want = fake_quant(prepared, table, {"image": x})[0]
+    lsb = table.tensors["logits"].params.scale[0]
+    within = np.abs(got - want) <= lsb * 1.01
+    assert within.mean() >= 0.99, f"only {within.mean():.3f} of logits within 1 LSB"
+    assert np.abs(got - want).max() <= 3 * lsb
+    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.98
+
+
+def test_table_is_byte_identical_across_runs_batch_sizes_and_file_order(tmp_path, cnn_model, calib_dir):
+    def run(data, name, batch):
+        r = api.calibrate(cnn_model, data=data, output=tmp_path / name,
+                          data_options=api.DataOptions(batch_size=batch, limit=None))
+        return r.table_path.read_bytes()
+
+    reference = run(calib_dir, "a.json", 8)
+    assert run(calib_dir, "b.json", 8) == reference
+    assert run(calib_dir, "c.json", 1) == reference
+    assert run(calib_dir, "d.json", 13) == reference
+    reversed_dir = tmp_path / "reversed"
+    reversed_dir.mkdir()
+    files = list_samples(calib_dir)
+    for i, f in enumerate(reversed(files)):
+        shutil.copy(f, reversed_dir / f"{i:04d}.npy")
+    assert run(reversed_dir, "e.json", 8) == reference
+
+
+def test_saved_observations_give_the_same_table_as_a_fresh_pass(tmp_path, cnn_model, calib_dir):
+    fresh = api.calibrate(cnn_model, data=calib_dir, output=tmp_path / "kl.json",
+                          options=CalibrationOptions(method="kl"))
+    again = api.calibrate(cnn_model, observations=fresh.observations_path, output=tmp_path / "kl2.json",
+                          options=CalibrationOptions(method="kl"))
+    assert fresh.table_path.read_bytes() == again.table_path.read_bytes()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_transformer_block_quantizes_and_keeps_accuracy(tmp_path, transformer_model, calib_dir, eval_dir, method):
+    r = api.calibrate(transformer_model, data=calib_dir, output=tmp_path / "t.json",
+                      options=CalibrationOptions(method=method))
+    kinds = {g.kind for g in r.table.groups.values()}
+    assert kinds == {"compute", "binary", "lut", "requantize"}
+    ops = {r.table.nodes[n].op_type for g in r.table.groups.values() for n in g.nodes}
+    assert {"MatMul", "LayerNormalization", "Softmax", "Erf"} <= ops
+    qdq = api.export(transformer_model, r.table_path, tmp_path / "t.onnx")
+    assert accuracy(qdq, eval_dir) >= accuracy(transformer_model, eval_dir) - 0.01
+
+
+def test_int16_exclude_and_fixed_range_options(tmp_path, cnn_model, calib_dir, eval_dir):
+    options = CalibrationOptions(int16=("/stem/stem.0/Conv",), exclude=("Gemm",),
+                                 fixed_ranges=(("/Relu_output_0", 0.0, 8.0),))
+    r = api.calibrate(cnn_model, data=calib_dir, output=tmp_path / "o.json", options=options)
+    t = r.table
+    assert t.nodes["/fc/Gemm"].precision == "fp32" and "fc.weight" not in t.tensors
+    assert t.nodes["/stem/stem.0/Conv"].precision == "int16"
+    assert t.tensors["/stem/stem.2/Relu_output_0"].params.dtype == "int16"
+    assert t.tensors["/Relu_output_0"].range == (0.0, 8.0) and t.tensors["/Relu_output_0"].method == "fixed"
+    qdq = api.export(cnn_model, r.table_path, tmp_path / "o.onnx")
+    model = onnx.load(str(qdq))
+    assert model.opset_import[0].version >= 21
+    gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
+    assert gemm.input[1] == "fc.weight" and any(i.name == "fc.weight" for i in model.graph.initializer)
+    assert accuracy(qdq, eval_dir) >= accuracy(cnn_model, eval_dir) - 0.01
