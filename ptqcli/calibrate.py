@@ -14,7 +14,7 @@ from ptqcli.observations import Observations
 from ptqcli.plan import Group, Structure, analyse
 from ptqcli.qparams import activation_params, bias_params, weight_params
 from ptqcli.scale_table import GroupEntry, NodeEntry, ScaleTable, TensorEntry
-from ptqcli.tensors import ScaleGroups, scale_groups
+from ptqcli.tensors import ScaleGroups, integer_groups, scale_groups
 
 
 @dataclass(frozen=True)
@@ -70,15 +70,16 @@ def decide(prepared: Prepared, options: CalibrationOptions) -> Decisions:
             raise OptionError(f"--exclude {name!r}: no node or operator type of that name in {prepared.source.name}")
     excluded_nodes = {n.name for n in index.nodes if n.name in options.exclude or n.op_type in options.exclude}
     enabled = {g.anchor for g in structure.groups if not excluded_nodes.intersection(g.nodes)}
-    movers = set(structure.passthrough) | set(structure.concats)
-    scales = scale_groups(index, structure, enabled, excluded_nodes & movers)
+    float_movers = excluded_nodes & (set(structure.passthrough) | set(structure.concats))
+    enabled, float_outputs = integer_groups(index, structure, enabled, float_movers)
+    scales = scale_groups(index, structure, enabled, float_movers, float_outputs)
     int16_roots: set[str] = set()
     for name in options.int16:
         if name in scales.root:
             int16_roots.add(scales.root[name])
         elif name in structure.group_of and structure.group_of[name] in enabled:
             group = next(g for g in structure.groups if g.anchor == structure.group_of[name])
-            int16_roots.update(scales.root[t] for t in group.inputs + group.outputs)
+            int16_roots.update(scales.root[t] for t in group.inputs + group.outputs if t in scales.root)
         else:
             raise OptionError(f"--int16 {name!r}: not a quantized tensor or node of {prepared.source.name}")
     for name, _ in options.method_for:
@@ -90,7 +91,7 @@ def decide(prepared: Prepared, options: CalibrationOptions) -> Decisions:
     precision = {}
     for g in structure.groups:
         if g.anchor in enabled:
-            wide = any(scales.root[t] in int16_roots for t in g.inputs + g.outputs)
+            wide = any(scales.root[t] in int16_roots for t in g.inputs + g.outputs if t in scales.root)
             precision[g.anchor] = "int16" if wide else "int8"
     return Decisions(structure, precision, scales, frozenset(int16_roots))
 
@@ -179,7 +180,7 @@ def _weights(prepared: Prepared, g: Group, tensors: dict[str, TensorEntry], opti
         tensors[g.weight] = TensorEntry("weight", wp, "max", (-amax, amax), _extremes(w))
         if g.bias is not None:
             b = index.array(g.bias)
-            bp = bias_params(tensors[g.inputs[0]].params, wp, b.size)
+            bp = bias_params(tensors[g.inputs[0]].params, wp, b.size, b.ndim - 1)
             tensors[g.bias] = TensorEntry("bias", bp, None, None, _extremes(b))
     for c in g.consts:
         if c not in tensors:

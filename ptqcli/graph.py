@@ -8,7 +8,9 @@ Preparation makes the float graph that every later stage works on:
    in ``Constant`` nodes or behind ``Transpose`` become initializers), BatchNormalization folded
    into the preceding Conv, Identity/Dropout removed.  Basic optimizations only rewrite with
    standard ONNX operators, so the result runs anywhere;
-4. drop the opset imports of unused domains, give every node a unique name, infer shapes.
+4. fold per-channel Add and BatchNormalization into a preceding ConvTranspose (or a Conv the
+   runtime left alone), see ``ptqcli.fold``;
+5. drop the opset imports of unused domains, give every node a unique name, infer shapes.
 
 The result is deterministic for a given model and onnx/onnxruntime version; its fingerprint
 (SHA-256 of the serialized graph) ties a scale table to it.
@@ -54,7 +56,7 @@ class Prepared:
 def _dims(type_proto: onnx.TypeProto) -> tuple[int | str | None, ...]:
     dims = []
     for d in type_proto.tensor_type.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value > 0:  # some exporters write -1 for "dynamic"
             dims.append(int(d.dim_value))
         elif d.HasField("dim_param"):
             dims.append(d.dim_param)
@@ -201,7 +203,9 @@ def prepare(path: str | os.PathLike) -> Prepared:
     model = load(path)
     if opset(model) < MIN_OPSET:
         model = _raise_opset(model, path, MIN_OPSET)
-    model = _tidy(_ort_basic(model, path))
+    from ptqcli.fold import fold  # fold uses attr() from this module
+
+    model = _tidy(fold(_ort_basic(model, path)))
     digest = fingerprint(model)
     try:
         model = onnx.shape_inference.infer_shapes(model)

@@ -86,6 +86,25 @@ def _weight_axis(index: GraphIndex, node: onnx.NodeProto, weight: str) -> int | 
     return rank - 1 if rank == 2 else None  # MatMul [K, N]: one scale per output column
 
 
+def _output_channels(index: GraphIndex, node: onnx.NodeProto, weight: str) -> int:
+    shape = index.shape[weight]
+    if node.op_type == "Conv":
+        return shape[0]
+    if node.op_type == "ConvTranspose":
+        return shape[1] * attr(node, "group", 1)
+    if node.op_type == "Gemm":
+        return shape[0] if attr(node, "transB", 0) else shape[1]
+    return shape[-1]
+
+
+def _is_bias(index: GraphIndex, name: str, channels: int | None) -> bool:
+    """A float constant of ``channels`` values along its last axis (shape ``[1, ..., 1, C]``)."""
+    if channels is None or name not in index.initializers or not index.is_float(name):
+        return False
+    shape = tuple(index.shape[name])
+    return len(shape) >= 1 and shape[-1] == channels and all(d == 1 for d in shape[:-1])
+
+
 def _compute_group(index: GraphIndex, node: onnx.NodeProto) -> Group:
     x_idx, w_idx, b_idx = ops.COMPUTE[node.op_type]
     names = [node.name]
@@ -98,18 +117,18 @@ def _compute_group(index: GraphIndex, node: onnx.NodeProto) -> Group:
         inputs.append(weight)
         weight = None
     bias = None
+    n_out = _output_channels(index, node, weight) if weight else None
     if b_idx is not None and len(node.input) > b_idx and node.input[b_idx]:
         candidate = node.input[b_idx]
         plain_gemm = node.op_type != "Gemm" or (attr(node, "alpha", 1.0) == 1.0 and attr(node, "beta", 1.0) == 1.0)
-        if weight and candidate in index.initializers and len(index.shape[candidate]) == 1 and plain_gemm:
+        if weight and plain_gemm and _is_bias(index, candidate, n_out):
             bias = candidate
     out = node.output[0]
-    if node.op_type == "MatMul" and weight is not None and axis is not None:
+    if node.op_type == "MatMul" and weight is not None and len(index.shape[weight]) == 2:
         add = _sole_consumer(index, out)
         if add is not None and add.op_type == "Add":
             other = add.input[1] if add.input[0] == out else add.input[0]
-            n_out = index.shape[weight][-1]
-            if other in index.initializers and tuple(index.shape[other]) == (n_out,):
+            if _is_bias(index, other, n_out):
                 bias = other
                 names.append(add.name)
                 out = add.output[0]

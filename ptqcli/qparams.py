@@ -87,13 +87,14 @@ def weight_params(w: np.ndarray, axis: int | None) -> QuantParams:
     return QuantParams("int8", tuple(float(s) for s in scale), (0,) * len(scale), axis)
 
 
-def bias_params(x: QuantParams, w: QuantParams, channels: int) -> QuantParams:
-    """int32 parameters for a bias added to the product of ``x`` and ``w``: ``s_x * s_w``."""
+def bias_params(x: QuantParams, w: QuantParams, channels: int, axis: int = 0) -> QuantParams:
+    """int32 parameters for a bias added to the product of ``x`` and ``w``: ``s_x * s_w`` for each
+    of ``channels`` output channels, which lie along ``axis`` of the bias tensor."""
     s_w = np.asarray(w.scale, dtype=np.float32)
     if s_w.size == 1:
         s_w = np.repeat(s_w, channels)
     scale = (np.float32(x.scale[0]) * s_w).astype(np.float32)
-    return QuantParams("int32", tuple(float(s) for s in scale), (0,) * channels, 0 if channels > 1 else None)
+    return QuantParams("int32", tuple(float(s) for s in scale), (0,) * channels, axis if channels > 1 else None)
 
 
 def quantize(x: np.ndarray, params: QuantParams) -> np.ndarray:

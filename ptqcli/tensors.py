@@ -29,16 +29,56 @@ class ScaleGroups:
         return tuple(t for t, r in self.root.items() if r == rep)
 
 
+def integer_groups(index: GraphIndex, structure: Structure, enabled: set[str],
+                   float_nodes: set[str] = frozenset()) -> tuple[set[str], set[str]]:
+    """Drop quantization points that only feed float: returns ``(enabled, float_outputs)``.
+
+    A quantized tensor pays a rounding error; it is worth it only where an integer operation
+    reads it.  Walking the groups from the outputs backwards, a table, elementwise or pooling
+    group none of whose outputs reaches an integer group (directly or through pass-through and
+    Concat nodes) runs in float instead, and a matrix product in that position keeps its
+    integer inputs but writes a float output (int32 accumulator times scale, as a final
+    classifier does).  This keeps, for example, the statistics of a LayerNorm written out as
+    ReduceSum / Mul / Sub in float, where quantizing E[x^2] and E[x]^2 before their difference
+    would destroy the variance."""
+    enabled = set(enabled)
+    by_anchor = {g.anchor: g for g in structure.groups}
+    movers = (set(structure.passthrough) | set(structure.concats)) - set(float_nodes)
+    float_outputs: set[str] = set()
+
+    def reaches_integer(tensor: str, seen: set[str]) -> bool:
+        for consumer in index.consumers.get(tensor, []):
+            anchor = structure.group_of.get(consumer.name)
+            if anchor in enabled and tensor in by_anchor[anchor].inputs:
+                return True
+            if consumer.name in movers and consumer.name not in seen:
+                seen.add(consumer.name)
+                if any(reaches_integer(o, seen) for o in consumer.output if o):
+                    return True
+        return False
+
+    for group in reversed(structure.groups):
+        if group.anchor not in enabled or any(reaches_integer(t, set()) for t in group.outputs):
+            continue
+        if group.kind == "compute":
+            float_outputs.add(group.anchor)
+        else:
+            enabled.discard(group.anchor)
+    return enabled, float_outputs
+
+
 def scale_groups(index: GraphIndex, structure: Structure, enabled: set[str],
-                 float_nodes: set[str] = frozenset()) -> ScaleGroups:
-    """Scale groups for the groups whose anchors are in ``enabled``; nodes in ``float_nodes``
-    (excluded pass-through or Concat nodes) do not join scales."""
+                 float_nodes: set[str] = frozenset(), float_outputs: set[str] = frozenset()) -> ScaleGroups:
+    """Scale groups for the groups whose anchors are in ``enabled`` (those in ``float_outputs``
+    quantize their inputs only); nodes in ``float_nodes`` (excluded pass-through or Concat
+    nodes) do not join scales."""
     order = {n.name: i for i, n in enumerate(index.nodes)}
     needed: set[str] = set()
     for group in structure.groups:
         if group.anchor in enabled:
             needed.update(group.inputs)
-            needed.update(group.outputs)
+            if group.anchor not in float_outputs:
+                needed.update(group.outputs)
     parent: dict[str, str] = {t: t for t in needed}
 
     def find(t: str) -> str:
@@ -96,7 +136,8 @@ def _position(index: GraphIndex, order: dict[str, int], tensor: str) -> tuple[in
 
 def observed_tensors(index: GraphIndex, structure: Structure) -> tuple[str, ...]:
     """Every tensor whose histogram any choice of options may need (all groups enabled)."""
-    groups = scale_groups(index, structure, {g.anchor for g in structure.groups})
+    enabled, float_outputs = integer_groups(index, structure, {g.anchor for g in structure.groups})
+    groups = scale_groups(index, structure, enabled, float_outputs=float_outputs)
     return tuple(t for r in groups.sources.values() for t in r)
 
 

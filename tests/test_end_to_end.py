@@ -56,15 +56,18 @@ def test_exported_model_matches_numpy_fake_quant_reference(cnn_tables, cnn_model
     out, tables = cnn_tables
     qdq = api.export(cnn_model, tables["percentile"], out / "ref.onnx")
     table = scale_table.load(tables["percentile"])
+    assert "logits" not in table.tensors  # the classifier's output stays float (int32 * scale)
     prepared = prepare(cnn_model)
     x = np.concatenate([np.load(f) for f in list_samples(eval_dir, limit=64)])
-    got = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     want = fake_quant(prepared, table, {"image": x})[0]
-    lsb = table.tensors["logits"].params.scale[0]
-    within = np.abs(got - want) <= lsb * 1.01
-    assert within.mean() >= 0.99, f"only {within.mean():.3f} of logits within 1 LSB"
-    assert np.abs(got - want).max() <= 3 * lsb
-    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.98
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    unfused = ort.InferenceSession(str(qdq), plain, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    assert np.allclose(unfused, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    # with its graph optimizations ONNX Runtime fuses Q/DQ into integer kernels: same codes, float noise
+    fused = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    assert np.abs(fused - want).max() <= 1e-3 * np.abs(want).max()
+    assert np.array_equal(fused.argmax(1), want.argmax(1))
 
 
 def test_table_is_byte_identical_across_runs_batch_sizes_and_file_order(tmp_path, cnn_model, calib_dir):

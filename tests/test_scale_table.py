@@ -43,7 +43,7 @@ def test_layout_records_what_a_reader_needs(table_path):
     (lambda d: d["tensors"]["fc.weight"].update(scale=[-1.0] * 10), r"at tensors/fc.weight/scale/\d+: -1.0 is less than or equal to the minimum of 0"),
     (lambda d: d["tensors"]["fc.weight"].update(axis=None), "tensor 'fc.weight' has 10 scales but no axis"),
     (lambda d: d["tensors"]["fc.weight"].update(zero_point=[0]), "10 scales but 1 zero points"),
-    (lambda d: d["tensors"]["logits"].update(zero_point=[300]), "zero point outside uint8"),
+    (lambda d: d["tensors"]["/Relu_output_0"].update(zero_point=[300]), "zero point outside uint8"),
 ])
 def test_invalid_tables_are_refused_with_the_place_named(table_path, tmp_path, mutate, message):
     doc = json.loads(table_path.read_text())
