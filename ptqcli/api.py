@@ -23,10 +23,10 @@ ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
 
 @dataclass(frozen=True)
 class DataOptions:
-    """How a sample folder is read: ``batch_size`` samples per run, the first ``limit`` files,
-    images turned into tensors by ``image``."""
+    """How a sample folder is read: ``batch_size`` samples per run (None: sized automatically
+    from the first sample), the first ``limit`` files, images turned into tensors by ``image``."""
 
-    batch_size: int = 8
+    batch_size: int | None = None
     limit: int | None = None
     image: ImageSpec = field(default_factory=ImageSpec)
 

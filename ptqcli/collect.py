@@ -1,20 +1,21 @@
 """The observation pass: one run of ONNX Runtime over the calibration batches.
 
-Each observed tensor ``t`` gets three extra graph outputs, computed inside ONNX Runtime:
+Each observed tensor streams into a histogram (``calibrators.histogram``): exact extremes, and a
+body of at most ``subsample`` values per sample taken with a fixed odd stride ``k`` along each
+sample's row (the tensor viewed as ``[N, -1]``), so the result does not depend on batch size.
 
-- ``ReduceMin(t)`` and ``ReduceMax(t)``: the exact extremes;
-- a deterministic subsample for the histogram body: ``t`` is viewed as one row per sample
-  (``Reshape(t, [0, -1])``) and every ``k``-th value of each row is taken, with ``k`` odd and
-  chosen at run time so that a row gives at most ``subsample`` values (``k = 1`` for small rows).
-
-Only these small outputs are copied out of the runtime, which is what keeps the pass close to
-the cost of plain inference.  Rows are per sample, so the histogram does not depend on the
-batch size; histograms are merged exactly (see ``calibrators.histogram``), so it does not depend
-on the order either.  Memory holds one batch of activations and the histograms.
+Cost, not copies: the first batch runs with every tensor exposed, which tells each tensor's row
+length.  The remaining batches run a leaner model in which a long tensor (row longer than
+``subsample``) is reduced inside ONNX Runtime to ``ReduceMin``, ``ReduceMax`` and the strided
+slice, so only small outputs leave the runtime; a short tensor is exposed as is (a few in-graph
+nodes would cost more than the copy).  The first batch goes through the same arithmetic in
+NumPy, so every sample contributes identically.  Memory holds one batch of activations and the
+histograms, whatever the number of samples.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -29,89 +30,126 @@ from ptqcli.graph import Prepared
 from ptqcli.observations import Observations
 
 #: Default cap on histogram values per sample and tensor.
-SUBSAMPLE = 1 << 14
+SUBSAMPLE = 1 << 12
 
 
 @dataclass(frozen=True)
 class _Probe:
+    """Where one tensor's statistics come from in the lean model."""
+
     tensor: str
-    minimum: str
-    maximum: str
-    values: str
+    stride: int
+    minimum: str | None = None   # output names; None when the tensor itself is an output
+    maximum: str | None = None
+    values: str | None = None
 
 
-def _row_length(prepared: Prepared, tensor: str) -> int | None:
-    shape = prepared.index.shape.get(tensor)
-    if shape is None or len(shape) < 1 or not all(isinstance(d, int) for d in shape[1:]):
-        return None
-    return int(np.prod(shape[1:], dtype=np.int64))
+def stride_for(row: int, subsample: int) -> int:
+    """The smallest odd stride that leaves at most ``subsample`` values of a row (1: keep all)."""
+    if subsample <= 0 or row <= subsample:
+        return 1
+    k = math.ceil(row / subsample)
+    return k if k % 2 else k + 1
 
 
-def _const(graph: onnx.GraphProto, name: str, values: list[int]) -> str:
-    graph.initializer.append(helper.make_tensor(name, TensorProto.INT64, [len(values)], values))
-    return name
+def _session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def observation_model(prepared: Prepared, tensors: Sequence[str], subsample: int) -> tuple[onnx.ModelProto, list[_Probe]]:
-    """The prepared model with probe outputs for ``tensors`` (and no other outputs)."""
+def _exposing(prepared: Prepared, tensors: Sequence[str]) -> onnx.ModelProto:
     model = onnx.ModelProto()
     model.CopyFrom(prepared.model)
+    del model.graph.output[:]
+    model.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors)
+    return model
+
+
+def lean_model(prepared: Prepared, strides: dict[str, int]) -> tuple[onnx.ModelProto, list[_Probe]]:
+    """The prepared model whose only outputs are the probes of ``strides`` (tensor -> stride)."""
+    model = _exposing(prepared, [t for t, k in strides.items() if k == 1])
     graph = model.graph
-    del graph.output[:]
+    graph.initializer.extend([
+        helper.make_tensor("ptq::rows", TensorProto.INT64, [2], [0, -1]),
+        helper.make_tensor("ptq::zero", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("ptq::end", TensorProto.INT64, [1], [2 ** 62]),
+        helper.make_tensor("ptq::one", TensorProto.INT64, [1], [1]),
+    ])
     probes = []
-    zero_minus_one = _const(graph, "ptq::shape_rows", [0, -1])
-    starts = _const(graph, "ptq::zero", [0])
-    ends = _const(graph, "ptq::end", [2 ** 62])
-    axes = _const(graph, "ptq::one", [1])
-    half = _const(graph, "ptq::half_cap", [max(1, subsample // 2)])
-    two = _const(graph, "ptq::two", [2])
-    for i, t in enumerate(tensors):
+    for i, (t, k) in enumerate(strides.items()):
+        if k == 1:
+            probes.append(_Probe(t, 1))
+            continue
         p = f"ptq::{i}"
-        probe = _Probe(t, f"{p}::min", f"{p}::max", t)
-        graph.node.append(helper.make_node("ReduceMin", [t], [probe.minimum], keepdims=0, name=f"{p}::ReduceMin"))
-        graph.node.append(helper.make_node("ReduceMax", [t], [probe.maximum], keepdims=0, name=f"{p}::ReduceMax"))
-        rank = len(prepared.index.shape.get(t, ()))
-        row = _row_length(prepared, t)
-        if subsample and rank >= 1 and (row is None or row > subsample):
-            # k = 2 * (row // subsample) + 1 (odd, so strides do not alias power-of-two layouts)
-            probe = _Probe(t, probe.minimum, probe.maximum, f"{p}::values")
-            graph.node.extend([
-                helper.make_node("Reshape", [t, zero_minus_one], [f"{p}::rows"], name=f"{p}::Reshape"),
-                helper.make_node("Shape", [f"{p}::rows"], [f"{p}::shape"], name=f"{p}::Shape"),
-                helper.make_node("Slice", [f"{p}::shape", axes, two, starts], [f"{p}::row"], name=f"{p}::Row"),
-                helper.make_node("Div", [f"{p}::row", half], [f"{p}::q"], name=f"{p}::Div"),
-                helper.make_node("Mul", [f"{p}::q", two], [f"{p}::q2"], name=f"{p}::Mul"),
-                helper.make_node("Add", [f"{p}::q2", axes], [f"{p}::step"], name=f"{p}::Add"),
-                helper.make_node("Slice", [f"{p}::rows", starts, ends, axes, f"{p}::step"], [probe.values],
-                                 name=f"{p}::Slice"),
-            ])
-        for name in {probe.minimum, probe.maximum, probe.values}:
-            graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+        probe = _Probe(t, k, f"{p}::min", f"{p}::max", f"{p}::values")
+        graph.initializer.append(helper.make_tensor(f"{p}::stride", TensorProto.INT64, [1], [k]))
+        graph.node.extend([
+            helper.make_node("ReduceMin", [t], [probe.minimum], keepdims=0, name=f"{p}::ReduceMin"),
+            helper.make_node("ReduceMax", [t], [probe.maximum], keepdims=0, name=f"{p}::ReduceMax"),
+            helper.make_node("Reshape", [t, "ptq::rows"], [f"{p}::flat"], name=f"{p}::Reshape"),
+            helper.make_node("Slice", [f"{p}::flat", "ptq::zero", "ptq::end", "ptq::one", f"{p}::stride"],
+                             [probe.values], name=f"{p}::Slice"),
+        ])
+        graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                            for n in (probe.minimum, probe.maximum, probe.values))
         probes.append(probe)
     return model, probes
+
+
+def _rows(value: np.ndarray, stride: int) -> np.ndarray:
+    """Every ``stride``-th value of each sample's row."""
+    if stride == 1 or value.ndim == 0:
+        return value
+    return value.reshape(value.shape[0], -1)[:, ::stride]
+
+
+def _update(hist: histogram.Histogram, tensor: str, values: np.ndarray, lo: float, hi: float,
+            batch: Batch) -> histogram.Histogram:
+    if values.size == 0 and lo > hi:
+        return hist
+    if not (math.isfinite(lo) and math.isfinite(hi) and np.isfinite(values).all()):
+        files = ", ".join(p.name for p in batch.files)
+        raise DataError(f"tensor {tensor!r} is NaN or infinite on sample(s) {files}")
+    return histogram.update(hist, values, minimum=lo, maximum=hi)
 
 
 def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch], *,
             subsample: int = SUBSAMPLE, progress: Callable[[int], None] | None = None) -> Observations:
     """Run the model once over ``batches`` and stream every tensor into a histogram."""
-    import onnxruntime as ort
-
-    model, probes = observation_model(prepared, tensors, subsample)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    output_names = [o.name for o in session.get_outputs()]
     hists = {t: histogram.empty() for t in tensors}
     samples = 0
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None or not tensors:
+        return Observations(prepared.fingerprint, 0, subsample, hists)
+    probe_session = _session(_exposing(prepared, tensors))
+    full = dict(zip(tensors, probe_session.run(list(tensors), first.feeds)))
+    del probe_session
+    strides = {}
+    for t in tensors:
+        value = full.pop(t)
+        row = value.size // value.shape[0] if value.ndim and value.shape[0] else value.size
+        strides[t] = stride_for(row, subsample)
+        lo, hi = (float(value.min()), float(value.max())) if value.size else (math.inf, -math.inf)
+        hists[t] = _update(hists[t], t, _rows(value, strides[t]), lo, hi, first)
+    samples += first.count
+    if progress is not None:
+        progress(first.count)
+    model, probes = lean_model(prepared, strides)
+    session = _session(model)
+    names = [o.name for o in session.get_outputs()]
     for batch in batches:
-        values = dict(zip(output_names, session.run(output_names, batch.feeds)))
+        out = dict(zip(names, session.run(names, batch.feeds)))
         for probe in probes:
-            lo, hi = float(values[probe.minimum]), float(values[probe.maximum])
-            if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(values[probe.values]).all()):
-                files = ", ".join(p.name for p in batch.files)
-                raise DataError(f"tensor {probe.tensor!r} is NaN or infinite on sample(s) {files}")
-            hists[probe.tensor] = histogram.update(hists[probe.tensor], values[probe.values],
-                                                   minimum=lo, maximum=hi)
+            if probe.stride == 1:
+                values = out[probe.tensor]
+                lo, hi = (float(values.min()), float(values.max())) if values.size else (math.inf, -math.inf)
+            else:
+                values, lo, hi = out[probe.values], float(out[probe.minimum]), float(out[probe.maximum])
+            hists[probe.tensor] = _update(hists[probe.tensor], probe.tensor, values, lo, hi, batch)
         samples += batch.count
         if progress is not None:
             progress(batch.count)

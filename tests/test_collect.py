@@ -1,0 +1,66 @@
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from ptqcli import collect
+from ptqcli.dataset import batches, list_samples
+from ptqcli.errors import DataError
+from ptqcli.graph import prepare
+from ptqcli.plan import analyse
+from ptqcli.tensors import observed_tensors
+
+
+@pytest.fixture(scope="module")
+def cnn(cnn_model):
+    prepared = prepare(cnn_model)
+    return prepared, observed_tensors(prepared.index, analyse(prepared.index))
+
+
+def run_observe(prepared, tensors, files, batch_size, subsample):
+    return collect.observe(prepared, tensors, batches(files, prepared.inputs, batch_size=batch_size),
+                           subsample=subsample)
+
+
+def test_strides_are_odd_and_cap_the_row():
+    assert collect.stride_for(100, 200) == 1
+    for row, cap in [(1000, 100), (1001, 100), (4096, 64), (50_000, 16_384)]:
+        k = collect.stride_for(row, cap)
+        assert k % 2 == 1 and len(range(0, row, k)) <= cap
+
+
+def test_subsampled_observation_does_not_depend_on_batch_size(cnn, calib_dir):
+    prepared, tensors = cnn
+    files = list_samples(calib_dir, limit=30)
+    runs = [run_observe(prepared, tensors, files, bs, subsample=100) for bs in (1, 4, 7, 30)]
+    for other in runs[1:]:
+        for t in tensors:
+            a, b = runs[0].histograms[t], other.histograms[t]
+            assert (a.width_exp, a.offset, a.minimum, a.maximum) == (b.width_exp, b.offset, b.minimum, b.maximum)
+            assert np.array_equal(a.counts, b.counts), t
+    assert runs[0].samples == 30
+
+
+def test_extremes_are_exact_and_the_body_is_a_subsample(cnn, calib_dir):
+    prepared, tensors = cnn
+    files = list_samples(calib_dir, limit=20)
+    obs = run_observe(prepared, tensors, files, 5, subsample=100)
+    session = ort.InferenceSession(collect._exposing(prepared, tensors).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    x = np.concatenate([np.load(f) for f in files])
+    full = dict(zip(tensors, session.run(list(tensors), {"image": x})))
+    for t in tensors:
+        h, value = obs.histograms[t], full[t]
+        assert (h.minimum, h.maximum) == (float(value.min()), float(value.max()))
+        row = value.size // len(value)
+        per_sample = len(range(0, row, collect.stride_for(row, 100)))
+        assert h.total == per_sample * len(files)
+    assert any(obs.histograms[t].total < full[t].size for t in tensors)  # subsampling happened
+
+
+def test_nan_activation_names_the_tensor_and_files(tmp_path, cnn):
+    prepared, tensors = cnn
+    big = np.full((1, 1, 8, 8), 3e38, np.float32)  # finite input whose activations overflow
+    np.save(tmp_path / "0000.npy", np.zeros((1, 1, 8, 8), np.float32))
+    np.save(tmp_path / "0001.npy", big)
+    with pytest.raises(DataError, match=r"is NaN or infinite on sample\(s\) 0001.npy"):
+        run_observe(prepared, tensors, list_samples(tmp_path), 1, subsample=100)
