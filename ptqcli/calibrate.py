@@ -17,6 +17,13 @@ from ptqcli.scale_table import GroupEntry, NodeEntry, ScaleTable, TensorEntry
 from ptqcli.tensors import ScaleGroups, integer_groups, scale_groups
 
 
+#: Operators whose integer form needs more than 8 bits on both sides: Softmax exponentiates its
+#: input (an 8-bit step on attention logits spanning +-50 moves probabilities by 20 %) and
+#: LayerNormalization divides by a statistic of its input.  Integer implementations of both take
+#: 16-bit (or wider) inputs; ``--all-int8`` turns this off.
+SENSITIVE = {"Softmax", "LayerNormalization"}
+
+
 @dataclass(frozen=True)
 class CalibrationOptions:
     """Choices that turn observations into a scale table (none of them needs a new pass).
@@ -24,7 +31,8 @@ class CalibrationOptions:
     ``method``: range method for activations; ``method_for``: (tensor, method) overrides;
     ``symmetric``: int8 symmetric activations instead of uint8 asymmetric; ``per_channel``:
     per-output-channel weight scales; ``int16``: tensor or node names computed with 16-bit
-    activations; ``exclude``: node names or op types left in float; ``fixed_ranges``:
+    activations; ``sensitive_int16``: inputs and outputs of ``SENSITIVE`` operators are 16-bit
+    too; ``exclude``: node names or op types left in float; ``fixed_ranges``:
     (tensor, lo, hi) ranges given by the user."""
 
     method: str = "percentile"
@@ -33,6 +41,7 @@ class CalibrationOptions:
     symmetric: bool = False
     per_channel: bool = True
     int16: tuple[str, ...] = ()
+    sensitive_int16: bool = True
     exclude: tuple[str, ...] = ()
     fixed_ranges: tuple[tuple[str, float, float], ...] = ()
 
@@ -74,6 +83,10 @@ def decide(prepared: Prepared, options: CalibrationOptions) -> Decisions:
     enabled, float_outputs = integer_groups(index, structure, enabled, float_movers)
     scales = scale_groups(index, structure, enabled, float_movers, float_outputs)
     int16_roots: set[str] = set()
+    if options.sensitive_int16:
+        for g in structure.groups:
+            if g.anchor in enabled and index.node_by_name[g.anchor].op_type in SENSITIVE:
+                int16_roots.update(scales.root[t] for t in g.inputs + g.outputs if t in scales.root)
     for name in options.int16:
         if name in scales.root:
             int16_roots.add(scales.root[name])

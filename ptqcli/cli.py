@@ -187,17 +187,20 @@ def main() -> None:
 @click.option("--symmetric", is_flag=True, help="int8 symmetric activations instead of uint8 asymmetric.")
 @click.option("--per-tensor-weights", is_flag=True, help="One weight scale per tensor instead of per channel.")
 @click.option("--int16", multiple=True, metavar="NAME", help="Tensor or node computed with int16 activations (repeatable).")
+@click.option("--all-int8", is_flag=True,
+              help="Also compute Softmax and LayerNormalization in 8 bits (default: 16 bits on their inputs and outputs).")
 @click.option("--exclude", multiple=True, metavar="NAME|OPTYPE", help="Node name or operator type kept in float (repeatable).")
 @click.option("--fixed-range", "fixed_range", multiple=True, type=_Pair("NAME=LO:HI", "NAME=LO:HI", _lo_hi),
               help="Fixed range for a tensor with physical meaning (repeatable).")
 @_data_options
 @_reported
 def calibrate(model, data, output, observations, method, method_for, percentile, symmetric, per_tensor_weights,
-              int16, exclude, fixed_range, batch_size, limit, size, mean, std, layout, bgr, quiet, as_json) -> None:
+              int16, all_int8, exclude, fixed_range, batch_size, limit, size, mean, std, layout, bgr, quiet, as_json) -> None:
     """Observe MODEL on --data once and write its scale table."""
     options = CalibrationOptions(
         method=method, method_for=tuple(method_for), percentile=percentile, symmetric=symmetric,
-        per_channel=not per_tensor_weights, int16=tuple(int16), exclude=tuple(exclude),
+        per_channel=not per_tensor_weights, int16=tuple(int16), sensitive_int16=not all_int8,
+        exclude=tuple(exclude),
         fixed_ranges=tuple((n, lo, hi) for n, (lo, hi) in fixed_range))
     result = api.calibrate(model, data=data, output=output, observations=observations, options=options,
                            data_options=_data(batch_size, limit, size, mean, std, layout, bgr),
@@ -255,3 +258,29 @@ def evaluate(float_model, quantized_model, data, labels, batch_size, limit, size
         _emit_json(result.as_json())
     else:
         click.echo(result.as_text())
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
+              help="Scale table written by ptq calibrate for this model.")
+@click.option("--data", required=True, type=click.Path(path_type=pathlib.Path), help="Folder of samples.")
+@click.option("--labels", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
+              help="CSV of 'file,label' rows: report top-1 accuracy of float, ORT QDQ and the simulator.")
+@click.option("--per-layer", is_flag=True, help="Compare every quantized tensor, not only the model outputs.")
+@_data_options
+@_reported
+def simulate(model, table_path, data, labels, per_layer, batch_size, limit, size, mean, std, layout, bgr,
+             quiet, as_json) -> None:
+    """Run MODEL quantized with --table in the NumPy integer simulator on --data; compare it with
+    float and with ONNX Runtime running the exported QDQ model."""
+    from ptqcli.sim.report import simulation_report
+
+    options = _data(batch_size, limit, size, mean, std, layout, bgr)
+    report = simulation_report(model, table_path, data, labels=labels, batch_size=options.batch_size,
+                               limit=options.limit, image=options.image, per_layer=per_layer,
+                               progress=_progress("simulating", quiet or as_json))
+    if as_json:
+        _emit_json(report.as_json())
+    else:
+        click.echo(report.as_text())

@@ -97,3 +97,14 @@ def test_model_without_anything_to_quantize(tmp_path):
     prepared = prepare(save(model, tmp_path / "shape.onnx"))
     with pytest.raises(OptionError, match="nothing to quantize"):
         decide(prepared, CalibrationOptions())
+
+
+def test_softmax_and_layernorm_default_to_16_bits(transformer_model):
+    prepared = prepare(transformer_model)
+    d = decide(prepared, CalibrationOptions())
+    by_op = {prepared.index.node_by_name[a].op_type: p for a, p in d.precision.items()}
+    assert by_op["Softmax"] == "int16" and by_op["LayerNormalization"] == "int16"
+    softmax = next(g for g in d.structure.groups if prepared.index.node_by_name[g.anchor].op_type == "Softmax")
+    assert all(d.scales.root[t] in d.int16_roots for t in softmax.inputs + softmax.outputs)
+    plain = decide(prepared, CalibrationOptions(sensitive_int16=False))
+    assert set(plain.precision.values()) == {"int8"}
