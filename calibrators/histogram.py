@@ -135,14 +135,20 @@ def merge(a: Histogram, b: Histogram) -> Histogram:
                      lo, hi)
 
 
-def magnitudes(hist: Histogram) -> np.ndarray:
+def magnitudes(hist: Histogram, sign: int = 0) -> np.ndarray:
     """Counts of ``|x|`` on the same grid, starting at zero: bin ``k`` covers ``[k w, (k+1) w)``.
 
-    Grid bin ``k < 0`` holds ``x`` in ``[k w, (k+1) w)``, so ``|x|`` lies in ``((-k-1) w, -k w]``:
-    it folds onto magnitude bin ``-k - 1`` (boundary points move by at most one bin edge).
+    ``sign=0`` folds both signs, ``+1`` keeps the non-negative values only, ``-1`` the negative
+    ones.  Grid bin ``k < 0`` holds ``x`` in ``[k w, (k+1) w)``, so ``|x|`` lies in
+    ``((-k-1) w, -k w]``: it folds onto magnitude bin ``-k - 1`` (boundary points move by at most
+    one bin edge).
     """
     index = hist.offset + np.arange(len(hist.counts), dtype=np.int64)
+    counts = hist.counts
+    if sign:
+        keep = index >= 0 if sign > 0 else index < 0
+        index, counts = index[keep], counts[keep]
     folded = np.where(index < 0, -index - 1, index)
     out = np.zeros(int(folded.max()) + 1 if folded.size else 0, dtype=np.int64)
-    np.add.at(out, folded, hist.counts)
+    np.add.at(out, folded, counts)
     return out

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibrators.histogram import Histogram
+from calibrators.histogram import Histogram, magnitudes
 from calibrators.types import Range, RangeSpec, is_two_sided, observed, one_sided, to_range
 
 N_BINS = 2048
+#: Fewest codes on one side of an asymmetric range for a KL search of that side to mean anything.
+MIN_LEVELS = 64
 EPS = 1e-4
 _CHUNK = 256
 
@@ -83,19 +85,39 @@ def divergences(bins: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
     return cuts, out
 
 
-def kl_range(hist: Histogram, spec: RangeSpec) -> Range:
-    """The clipping range of least KL divergence; two-sided asymmetric data use the magnitude
-    threshold on both sides, each side clipped to what was observed."""
-    mags = one_sided(hist, spec if not is_two_sided(hist) else RangeSpec(True, spec.levels))
-    levels = mags.steps + 1
-    if hist.total == 0 or mags.absmax == 0.0 or levels * 2 > N_BINS:
-        return observed(hist, spec)
-    bins = resample(mags.counts, mags.width, mags.absmax, N_BINS)
+def _threshold(counts: np.ndarray, width: float, absmax: float, levels: int) -> float:
+    """The KL threshold of a magnitude histogram quantized to ``levels`` non-negative codes."""
+    bins = resample(counts, width, absmax, N_BINS)
     # Zero is exact in every candidate quantizer; a spike of zeros (after a ReLU) would otherwise
     # dominate P and Q and pull the threshold down (pytorch-quantization does the same).
     bins[0] = bins[1]
     cuts, kl = divergences(bins, levels)
-    threshold = float(cuts[int(np.argmin(kl))]) * mags.absmax / N_BINS
-    if not spec.symmetric and is_two_sided(hist):
-        return Range(max(-threshold, hist.minimum), min(threshold, hist.maximum))
-    return to_range(hist, spec, threshold, mags.sign)
+    return float(cuts[int(np.argmin(kl))]) * absmax / N_BINS
+
+
+def kl_range(hist: Histogram, spec: RangeSpec) -> Range:
+    """The clipping range of least KL divergence.
+
+    Symmetric ranges search ``|x|``; one-sided data search their one side with every code.  Data
+    of both signs under an asymmetric range are searched side by side, each with the share of the
+    codes its extent gets (a side with less than ``MIN_LEVELS`` codes keeps its observed extent):
+    folding them would let a crowd of small negative values (after HardSwish, say) decide the
+    positive threshold."""
+    full = observed(hist, spec)
+    if hist.total == 0 or full.hi == full.lo:
+        return full
+    if spec.symmetric or not is_two_sided(hist):
+        mags = one_sided(hist, spec)
+        levels = mags.steps + 1
+        if levels * 2 > N_BINS:
+            return full
+        return to_range(hist, spec, _threshold(mags.counts, mags.width, mags.absmax, levels), mags.sign)
+    span = full.hi - full.lo
+    ends = []
+    for sign, extent in ((1, full.hi), (-1, -full.lo)):
+        levels = int(round((spec.levels - 1) * extent / span)) + 1
+        if levels < MIN_LEVELS or levels * 2 > N_BINS:
+            ends.append(extent)
+        else:
+            ends.append(_threshold(magnitudes(hist, sign), hist.width, extent, levels))
+    return Range(-min(ends[1], -full.lo), min(ends[0], full.hi))

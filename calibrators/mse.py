@@ -10,7 +10,7 @@ centre ``c``, width ``w`` and mass ``m`` contributes:
 
 Prefix sums of ``m``, ``m c`` and ``m c**2`` make every candidate O(log n), so ``CANDIDATES``
 ranges are searched exhaustively: ``[-t, t]`` for symmetric ranges, ``[0, t]`` (or ``[-t, 0]``)
-for one-sided data, ``alpha * [min, max]`` for two-sided asymmetric ranges, each down from the
+for one-sided data, ``[a * min, b * max]`` for two-sided asymmetric ranges, each down from the
 observed range, which is always a candidate: the pick never has a larger expected error than max.
 """
 
@@ -22,6 +22,7 @@ from calibrators.histogram import Histogram
 from calibrators.types import Range, RangeSpec, observed
 
 CANDIDATES = 2048
+GRID = 64
 
 
 def expected_errors(hist: Histogram, lo: np.ndarray, hi: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -55,11 +56,18 @@ def expected_errors(hist: Histogram, lo: np.ndarray, hi: np.ndarray, delta: np.n
 
 
 def candidates(hist: Histogram, spec: RangeSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Candidate ranges ``(lo, hi, delta)``, shrinking from the observed range."""
+    """Candidate ranges ``(lo, hi, delta)``, shrinking from the observed range: along one axis
+    for symmetric ranges and one-sided data, on a ``GRID`` x ``GRID`` lattice of independent
+    shrink factors for the two ends of an asymmetric range over data of both signs."""
     full = observed(hist, spec)
-    alpha = np.arange(1, CANDIDATES + 1, dtype=np.float64) / CANDIDATES
-    lo, hi = alpha * full.lo, alpha * full.hi
     steps = 2 * (spec.levels // 2 - 1) if spec.symmetric else spec.levels - 1
+    if not spec.symmetric and full.lo < 0.0 < full.hi:
+        f = np.arange(1, GRID + 1, dtype=np.float64) / GRID
+        a, b = np.meshgrid(f, f, indexing="ij")
+        lo, hi = a.ravel() * full.lo, b.ravel() * full.hi
+    else:
+        alpha = np.arange(1, CANDIDATES + 1, dtype=np.float64) / CANDIDATES
+        lo, hi = alpha * full.lo, alpha * full.hi
     return lo, hi, (hi - lo) / steps
 
 

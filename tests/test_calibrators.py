@@ -142,3 +142,26 @@ def test_every_method_returns_a_range_containing_zero(rng):
 def test_unknown_method_lists_the_known_ones():
     with pytest.raises(calibrators.UnknownMethod, match="known: max, percentile, kl, mse"):
         calibrators.method("entropy")
+
+
+def test_asymmetric_kl_searches_each_side_on_its_own(rng):
+    # HardSwish output: a crowd of small negative values and a long positive tail
+    z = rng.normal(0, 2, 300_000)
+    x = (z * np.clip(z + 3, 0, 6) / 6).astype(np.float32)
+    both = kl_range(hist_of(x), ASYM)
+    # the positive side gets its share of the 255 steps of the uint8 range
+    share = int(round(255 * x.max() / (x.max() - x.min()))) + 1
+    positive_only = kl_range(hist_of(x[x >= 0]), RangeSpec(False, levels=share))
+    assert both.hi == pytest.approx(positive_only.hi, rel=1e-6)
+    assert both.lo == pytest.approx(float(x.min()))  # too few codes on that side to clip it
+    # folding both signs into |x| (the symmetric search) would clip the tail much harder
+    assert kl_range(hist_of(x), SYM).hi < 0.8 * both.hi
+
+
+def test_asymmetric_mse_shrinks_the_two_ends_independently(rng):
+    x = np.concatenate([rng.normal(0, 1, 100_000), [-3.0], rng.exponential(1, 100_000) * 3]).astype(np.float32)
+    h = hist_of(x)
+    r = mse_range(h, ASYM)
+    full = max_range(h, ASYM)
+    assert r.hi / full.hi != pytest.approx(r.lo / full.lo, abs=0.02)
+    assert fake_quant_error(x, r.lo, r.hi, False) < fake_quant_error(x, full.lo, full.hi, False)
