@@ -8,7 +8,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager
 
-from ptqcli import collect, observations as obs_io, scale_table
+from ptqcli import autosearch, collect, observations as obs_io, scale_table
 from ptqcli.calibrate import CalibrationOptions, build_table, decide
 from ptqcli.dataset import ImageSpec, batches, list_samples
 from ptqcli.errors import ObservationError, OptionError
@@ -60,8 +60,8 @@ def calibrate(model: str | pathlib.Path, *, data: str | pathlib.Path | None = No
     """Observe ``data`` (or load saved ``observations``) and write the scale table."""
     start = time.perf_counter()
     options.validate()
-    if (data is None) == (observations is None):
-        raise OptionError("give either --data DIR or --observations FILE")
+    if data is None and observations is None:
+        raise OptionError("give --data DIR (or --observations FILE from an earlier run)")
     table_path = pathlib.Path(output) if output is not None else default_table_path(model)
     if not table_path.parent.is_dir():
         raise OptionError(f"-o {str(table_path)!r}: folder {str(table_path.parent)!r} does not exist")
@@ -82,7 +82,15 @@ def calibrate(model: str | pathlib.Path, *, data: str | pathlib.Path | None = No
             obs = collect.observe(prepared, tensors, feed, subsample=subsample, progress=update)
         seconds_observe = time.perf_counter() - t0
         obs_path = observations_path_for(table_path)
-    table = build_table(prepared, obs, options)
+    if options.method == "auto":
+        if data is None:
+            raise OptionError("--method auto scores candidate tables on calibration samples: give --data too")
+        search_files = autosearch.spread(list_samples(data, limit=data_options.limit))
+        feeds = [b.feeds for b in batches(search_files, prepared.inputs, batch_size=data_options.batch_size,
+                                          image=data_options.image)]
+        table = autosearch.search(prepared, obs, options, feeds).table
+    else:
+        table = build_table(prepared, obs, options)
     if observations is None:
         obs_io.save(obs, obs_path)
     scale_table.write(table, table_path)

@@ -35,7 +35,7 @@ class CalibrationOptions:
     too; ``exclude``: node names or op types left in float; ``fixed_ranges``:
     (tensor, lo, hi) ranges given by the user."""
 
-    method: str = "percentile"
+    method: str = "mse"
     method_for: tuple[tuple[str, str], ...] = ()
     percentile: float = 99.99
     symmetric: bool = False
@@ -46,7 +46,10 @@ class CalibrationOptions:
     fixed_ranges: tuple[tuple[str, float, float], ...] = ()
 
     def validate(self) -> None:
-        for name in [self.method] + [m for _, m in self.method_for]:
+        if self.method not in calibrators.METHODS and self.method != "auto":
+            raise OptionError(f"unknown range method {self.method!r}; known: "
+                              f"{', '.join(calibrators.METHODS)}, auto")
+        for _, name in self.method_for:
             if name not in calibrators.METHODS:
                 raise OptionError(f"unknown range method {name!r}; known: {', '.join(calibrators.METHODS)}")
         if not 0.0 < self.percentile <= 100.0:
@@ -131,8 +134,10 @@ def _group_range(rep: str, hist: histogram.Histogram, dtype: str, scales: ScaleG
 
 
 def build_table(prepared: Prepared, obs: Observations, options: CalibrationOptions) -> ScaleTable:
-    """The scale table for ``prepared`` from its observations."""
+    """The scale table for ``prepared`` from its observations (``auto``: see ``ptqcli.autosearch``)."""
     options.validate()
+    if options.method == "auto":
+        raise OptionError("method 'auto' needs model runs: use ptqcli.autosearch.search (or api.calibrate)")
     if obs.fingerprint != prepared.fingerprint:
         raise ObservationError(f"the observations were made on another model (fingerprint "
                                f"{obs.fingerprint[:19]}..., {prepared.source.name} has {prepared.fingerprint[:19]}...)")

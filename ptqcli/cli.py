@@ -178,8 +178,9 @@ def main() -> None:
                    "beside it as .table.obs.npz.")
 @click.option("--observations", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
               help="Reuse the histograms of an earlier run instead of --data.")
-@click.option("--method", type=click.Choice(["max", "percentile", "kl", "mse"]), default="percentile",
-              show_default=True, help="Range method for activations.")
+@click.option("--method", type=click.Choice(["max", "percentile", "kl", "mse", "auto"]), default="mse",
+              show_default=True, help="Range method for activations; auto picks per tensor by the output "
+                                      "error on the first calibration samples.")
 @click.option("--method-for", "method_for", multiple=True, type=_Pair("NAME=METHOD", "NAME=METHOD", str),
               help="Range method for one tensor (repeatable).")
 @click.option("--percentile", type=float, default=99.99, show_default=True,

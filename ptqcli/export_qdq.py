@@ -18,10 +18,13 @@ import os
 import pathlib
 import tempfile
 
+from typing import Callable
+
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
+from ptqcli import __version__
 from ptqcli.errors import ModelError, TableError
 from ptqcli.graph import Prepared, opset
 from ptqcli.qparams import NUMPY, QuantParams, quantize, quantize_bias
@@ -71,22 +74,18 @@ def _axis_attrs(p: QuantParams) -> dict:
     return {"axis": p.axis} if p.axis is not None else {}
 
 
-def export(prepared: Prepared, table: ScaleTable) -> onnx.ModelProto:
-    """The QDQ model for ``prepared`` quantized with ``table`` (checked by ``check_table``)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(prepared.model)
-    wide = any(e.params.dtype == "int16" for e in table.tensors.values())
-    if wide and opset(model) < INT16_OPSET:
-        from onnx import version_converter
+QParamNames = Callable[[onnx.GraphProto, "_Names", str, QuantParams], tuple[str, str]]
 
-        try:
-            model = version_converter.convert_version(model, INT16_OPSET)
-        except Exception as exc:
-            raise ModelError(f"{prepared.source}: int16 tensors need opset {INT16_OPSET}; converting "
-                             f"from {opset(model)} failed ({str(exc).splitlines()[0]})") from None
+
+def insert_qdq(model: onnx.ModelProto, table: ScaleTable, activation_qparams: QParamNames | None = None) -> onnx.ModelProto:
+    """``model`` (a copy of the prepared graph) with the table's Q/DQ inserted, in place.
+
+    ``activation_qparams(graph, names, tensor, params)`` names the scale and zero point an
+    activation's Q/DQ pair reads; by default they are new initializers holding ``params``."""
     graph = model.graph
     names = _Names(model)
     inits = {t.name: t for t in graph.initializer}
+    activation_qparams = activation_qparams or _qparam_initializers
     front: list[onnx.NodeProto] = []
     for name in sorted(table.tensors):
         entry = table.tensors[name]
@@ -101,20 +100,20 @@ def export(prepared: Prepared, table: ScaleTable) -> onnx.ModelProto:
         front.append(helper.make_node("DequantizeLinear", [q_name, s, z], [name],
                                       name=names.fresh(f"{name}_DequantizeLinear"), **_axis_attrs(entry.params)))
 
-    def qdq(source: str, target: str, p: QuantParams) -> list[onnx.NodeProto]:
-        s, z = _qparam_initializers(graph, names, target, p)
+    def qdq(source: str, target: str, p: QuantParams, tensor: str) -> list[onnx.NodeProto]:
+        s, z = activation_qparams(graph, names, tensor, p)
         q = names.fresh(f"{target}_quantized")
         return [helper.make_node("QuantizeLinear", [source, s, z], [q], name=names.fresh(f"{target}_QuantizeLinear")),
                 helper.make_node("DequantizeLinear", [q, s, z], [target], name=names.fresh(f"{target}_DequantizeLinear"))]
 
     activations = {n: e.params for n, e in table.tensors.items() if e.role == "activation"}
-    input_names = [i.name for i in graph.input if i.name not in inits]
     renamed_inputs = {}
-    for name in input_names:
-        if name in activations:
-            target = names.fresh(f"{name}_dequantized")
-            renamed_inputs[name] = target
-            front.extend(qdq(name, target, activations[name]))
+    for inp in graph.input:
+        if inp.name in activations and inp.name not in inits:
+            if inp.name in {o.name for o in graph.output}:
+                raise TableError(f"graph input {inp.name!r} is also a graph output; cannot quantize it")
+            renamed_inputs[inp.name] = names.fresh(f"{inp.name}_dequantized")
+            front.extend(qdq(inp.name, renamed_inputs[inp.name], activations[inp.name], inp.name))
     nodes: list[onnx.NodeProto] = list(front)
     for node in graph.node:
         for i, name in enumerate(node.input):
@@ -125,14 +124,33 @@ def export(prepared: Prepared, table: ScaleTable) -> onnx.ModelProto:
             if name in activations:
                 raw = names.fresh(f"{name}_float")
                 node.output[i] = raw
-                nodes.extend(qdq(raw, name, activations[name]))
+                nodes.extend(qdq(raw, name, activations[name], name))
     del graph.node[:]
     graph.node.extend(nodes)
-    for out in graph.output:
-        if out.name in renamed_inputs:
-            raise TableError(f"graph input {out.name!r} is also a graph output; cannot quantize it")
     del graph.value_info[:]
-    model.producer_name, model.producer_version = "ptq", __import__("ptqcli").__version__
+    return model
+
+
+def float_copy(prepared: Prepared, table: ScaleTable) -> onnx.ModelProto:
+    """A copy of the prepared model at an opset that holds the table's dtypes (21 for int16)."""
+    model = onnx.ModelProto()
+    model.CopyFrom(prepared.model)
+    wide = any(e.params.dtype == "int16" for e in table.tensors.values())
+    if wide and opset(model) < INT16_OPSET:
+        from onnx import version_converter
+
+        try:
+            model = version_converter.convert_version(model, INT16_OPSET)
+        except Exception as exc:
+            raise ModelError(f"{prepared.source}: int16 tensors need opset {INT16_OPSET}; converting "
+                             f"from {opset(model)} failed ({str(exc).splitlines()[0]})") from None
+    return model
+
+
+def export(prepared: Prepared, table: ScaleTable) -> onnx.ModelProto:
+    """The QDQ model for ``prepared`` quantized with ``table`` (checked by ``check_table``)."""
+    model = insert_qdq(float_copy(prepared, table), table)
+    model.producer_name, model.producer_version = "ptq", __version__
     model = onnx.shape_inference.infer_shapes(model)
     try:
         onnx.checker.check_model(model, full_check=True)

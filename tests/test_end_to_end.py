@@ -10,6 +10,7 @@ import pytest
 from fakequant import fake_quant
 from ptqcli import api, scale_table
 from ptqcli.calibrate import CalibrationOptions
+from ptqcli.errors import OptionError
 from ptqcli.dataset import batches, list_samples
 from ptqcli.evaluate import read_labels
 from ptqcli.graph import prepare
@@ -123,3 +124,24 @@ def test_int16_exclude_and_fixed_range_options(tmp_path, cnn_model, calib_dir, e
     gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
     assert gemm.input[1] == "fc.weight" and any(i.name == "fc.weight" for i in model.graph.initializer)
     assert accuracy(qdq, eval_dir) >= accuracy(cnn_model, eval_dir) - 0.01
+
+
+def test_auto_search_never_scores_below_the_best_single_method(tmp_path, cnn_model, calib_dir):
+    r = api.calibrate(cnn_model, data=calib_dir, output=tmp_path / "auto.json",
+                      options=CalibrationOptions(method="auto"))
+    auto = r.table.options["auto"]
+    singles = {m: v for m, v in auto["output_sqnr_db"].items() if m != "chosen"}
+    assert set(singles) == {"max", "percentile", "kl", "mse"}
+    assert auto["best_method"] == max(singles, key=singles.get)
+    assert auto["output_sqnr_db"]["chosen"] >= max(singles.values())
+    assert r.table.options["method"] == "auto"
+    methods = {e.method for e in r.table.tensors.values() if e.role == "activation"}
+    assert auto["best_method"] in methods and methods <= {"max", "percentile", "kl", "mse"}
+    for tensor, method in auto["switched"].items():
+        assert r.table.tensors[tensor].method == method
+    again = api.calibrate(cnn_model, data=calib_dir, output=tmp_path / "again.json",
+                          options=CalibrationOptions(method="auto"))
+    assert again.table_path.read_bytes() == r.table_path.read_bytes()
+    with pytest.raises(OptionError, match="give --data too"):
+        api.calibrate(cnn_model, observations=r.observations_path, output=tmp_path / "x.json",
+                      options=CalibrationOptions(method="auto"))

@@ -1,0 +1,157 @@
+"""``--method auto``: choose ranges by the error they cause at the model's outputs.
+
+Every range method optimizes a proxy on one tensor (mass kept, information kept, squared error);
+which proxy serves a model best depends on the model (a classifier with heavy-tailed features
+wants clipping, a small CNN wants the full range).  The search asks the model instead:
+
+1. build the scale table of every method in ``CANDIDATES`` from the same observations;
+2. score each by the SQNR of the model outputs against float, on ``SAMPLES`` calibration samples
+   spread evenly over the folder
+   (one ONNX Runtime session whose activation scales and zero points are graph inputs, so a
+   candidate costs one run per sample and no new session);
+3. starting from the best table, visit the scale groups where the methods disagree most (range
+   scales more than ``MIN_SPREAD`` apart) and switch each to another method's range where that
+   raises the output SQNR (greedy coordinate descent), for at most ``TRIALS`` trials.
+
+Weights and biases keep the parameters of the first table during the search (biases depend on
+the input scale, but their rounding is far below the activations'); the final table is built
+with the chosen methods, so it is exactly what ``--method-for`` would give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ptqcli.calibrate import CalibrationOptions, build_table
+from ptqcli.dataset import Feed
+from ptqcli.export_qdq import float_copy, insert_qdq
+from ptqcli.graph import Prepared
+from ptqcli.metrics import Agreement
+from ptqcli.observations import Observations
+from ptqcli.qparams import NUMPY, QuantParams
+from ptqcli.scale_table import ScaleTable
+
+CANDIDATES = ("percentile", "mse", "max", "kl")
+#: Calibration samples the search scores on.
+SAMPLES = 64
+#: A switch must raise the output SQNR by more than this (dB) to be taken.
+MIN_GAIN_DB = 0.01
+#: Candidate ranges closer than this (relative scale) are not worth a trial.
+MIN_SPREAD = 0.05
+#: Most refinement trials (each is one pass over the search samples); bounds the search time.
+TRIALS = 96
+
+_ONNX_TYPE = {"uint8": onnx.TensorProto.UINT8, "int8": onnx.TensorProto.INT8, "int16": onnx.TensorProto.INT16}
+
+
+@dataclass(frozen=True)
+class AutoResult:
+    """The chosen table; the output SQNR (dB) of each method alone and of the final table; the
+    scale groups switched away from the best method, with their method."""
+
+    table: ScaleTable
+    scores: dict[str, float]
+    final_sqnr_db: float
+    switched: dict[str, str]
+
+
+class Evaluator:
+    """Output SQNR of a quantized configuration against float, on fixed samples."""
+
+    def __init__(self, prepared: Prepared, template: ScaleTable, feeds: Sequence[Feed]) -> None:
+        import onnxruntime as ort
+
+        self.roots = sorted({e.scale_group for e in template.tensors.values() if e.role == "activation"})
+        self._inputs = {r: (f"ptq::scale::{i}", f"ptq::zero::{i}") for i, r in enumerate(self.roots)}
+        self._dtype = {e.scale_group: e.params.dtype for e in template.tensors.values() if e.role == "activation"}
+        root_of = {t: e.scale_group for t, e in template.tensors.items() if e.role == "activation"}
+
+        def as_inputs(graph: onnx.GraphProto, names, tensor: str, params: QuantParams) -> tuple[str, str]:
+            return self._inputs[root_of[tensor]]
+
+        model = float_copy(prepared, template)
+        for root, (s, z) in self._inputs.items():
+            model.graph.input.extend([helper.make_tensor_value_info(s, onnx.TensorProto.FLOAT, []),
+                                      helper.make_tensor_value_info(z, _ONNX_TYPE[self._dtype[root]], [])])
+        insert_qdq(model, template, as_inputs)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        providers = ["CPUExecutionProvider"]
+        self._session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        reference = ort.InferenceSession(prepared.model.SerializeToString(), options, providers=providers)
+        self._feeds = list(feeds)
+        self._reference = [reference.run(self._outputs, f) for f in self._feeds]
+
+    def params_of(self, table: ScaleTable) -> dict[str, QuantParams]:
+        return {r: table.tensors[r].params for r in self.roots}
+
+    def sqnr_db(self, params: dict[str, QuantParams]) -> float:
+        flags: dict[str, np.ndarray] = {}
+        for root, (s, z) in self._inputs.items():
+            p = params[root]
+            flags[s] = np.array(p.scale[0], dtype=np.float32)
+            flags[z] = np.array(p.zero_point[0], dtype=NUMPY[p.dtype])
+        total = Agreement()
+        for feed, ref in zip(self._feeds, self._reference):
+            for r, g in zip(ref, self._session.run(self._outputs, {**feed, **flags})):
+                total = total.add(r, g)
+        return total.sqnr_db
+
+
+def search(prepared: Prepared, obs: Observations, options: CalibrationOptions, feeds: Sequence[Feed], *,
+           progress: Callable[[str], None] | None = None) -> AutoResult:
+    """The table whose per-group methods give the best output SQNR on ``feeds`` (see module doc)."""
+    tables = {m: build_table(prepared, obs, replace(options, method=m)) for m in CANDIDATES}
+    evaluator = Evaluator(prepared, tables[CANDIDATES[0]], feeds)
+    candidates = {m: evaluator.params_of(t) for m, t in tables.items()}
+    scores = {m: evaluator.sqnr_db(p) for m, p in candidates.items()}
+    best = max(CANDIDATES, key=lambda m: (scores[m], -CANDIDATES.index(m)))
+    current, current_db = dict(candidates[best]), scores[best]
+    if progress is not None:
+        progress(", ".join(f"{m} {scores[m]:.2f} dB" for m in CANDIDATES))
+    fixed = {name for name, _ in options.method_for} | {name for name, _, _ in options.fixed_ranges}
+    roots = [r for r in evaluator.roots
+             if not fixed & {t for t, e in tables[best].tensors.items() if e.scale_group == r}]
+    roots.sort(key=lambda r: -_spread([candidates[m][r] for m in CANDIDATES]))  # stable: graph order on ties
+    chosen: dict[str, str] = {}
+    trials = 0
+    for root in roots:
+        for m in CANDIDATES:
+            if trials >= TRIALS or m == best or not _differs(candidates[m][root], current[root]):
+                continue
+            trials += 1
+            trial = {**current, root: candidates[m][root]}
+            db = evaluator.sqnr_db(trial)
+            if db > current_db + MIN_GAIN_DB:
+                current, current_db, chosen[root] = trial, db, m
+    final = build_table(prepared, obs, replace(options, method=best,
+                                                method_for=options.method_for + tuple(sorted(chosen.items()))))
+    record = {"method": "auto", "auto": {
+        "best_method": best, "samples": sum(len(next(iter(f.values()))) for f in feeds),
+        "output_sqnr_db": {**{m: round(v, 4) for m, v in scores.items()}, "chosen": round(current_db, 4)},
+        "switched": dict(sorted(chosen.items()))}}
+    return AutoResult(replace(final, options={**final.options, **record}), scores, current_db, chosen)
+
+
+def spread(files: Sequence, count: int = SAMPLES) -> list:
+    """``count`` items evenly spread over ``files`` (a folder sorted by class must not give the
+    search one class only)."""
+    if len(files) <= count:
+        return list(files)
+    return [files[int(i)] for i in np.linspace(0, len(files) - 1, count).round()]
+
+
+def _spread(params: Sequence[QuantParams]) -> float:
+    """How far apart candidate scales are: largest over smallest, minus one."""
+    scales = [p.scale[0] for p in params]
+    return max(scales) / min(scales) - 1.0
+
+
+def _differs(a: QuantParams, b: QuantParams) -> bool:
+    return _spread([a, b]) > MIN_SPREAD or a.zero_point != b.zero_point
