@@ -1,0 +1,101 @@
+"""Sliding windows over the spatial axes of ``[N, C, *spatial]`` tensors (Conv and pooling).
+
+Output sizes and padding follow the ONNX Conv / pooling specification: explicit ``pads``
+(``[b_1, ..., b_k, e_1, ..., e_k]``) or ``auto_pad`` SAME_UPPER / SAME_LOWER / VALID, ``strides``,
+``dilations`` and, for pooling, ``ceil_mode`` (a last window must start inside the input or the
+begin padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import onnx
+
+from ptqcli.errors import UnsupportedError
+from ptqcli.graph import attr
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Per spatial axis: kernel size, stride, dilation, begin/end padding, and the extra end
+    padding that ``ceil_mode`` windows reach (never counted as input)."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    begin: tuple[int, ...]
+    end: tuple[int, ...]
+    ceil_extra: tuple[int, ...] = ()
+
+    def out_shape(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        extra = self.ceil_extra or (0,) * len(spatial)
+        return tuple((n + b + e + c - d * (k - 1) - 1) // s + 1 for n, b, e, c, k, s, d in zip(
+            spatial, self.begin, self.end, extra, self.kernel, self.strides, self.dilations))
+
+
+def _text(value, default: str) -> str:
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def geometry(node: onnx.NodeProto, spatial: tuple[int, ...], kernel: tuple[int, ...], *,
+             pooling: bool = False) -> Geometry:
+    """The window geometry of ``node`` for an input of ``spatial`` size and a ``kernel``."""
+    k = len(kernel)
+    strides = tuple(attr(node, "strides", [1] * k))
+    dilations = tuple(attr(node, "dilations", [1] * k))
+    auto_pad = _text(attr(node, "auto_pad"), "NOTSET")
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        out = [-(-n // s) for n, s in zip(spatial, strides)]
+        total = [max((o - 1) * s + d * (kk - 1) + 1 - n, 0)
+                 for o, s, d, kk, n in zip(out, strides, dilations, kernel, spatial)]
+        small = [t // 2 for t in total]
+        big = [t - t // 2 for t in total]
+        begin, end = (small, big) if auto_pad == "SAME_UPPER" else (big, small)
+    elif auto_pad == "VALID":
+        begin, end = [0] * k, [0] * k
+    elif auto_pad == "NOTSET":
+        pads = list(attr(node, "pads", [0] * (2 * k)))
+        begin, end = pads[:k], pads[k:]
+    else:
+        raise UnsupportedError(f"node {node.name!r}: unknown auto_pad {auto_pad!r}")
+    extra = [0] * k
+    if pooling and attr(node, "ceil_mode", 0):
+        for i, (n, b, e, kk, s, d) in enumerate(zip(spatial, begin, end, kernel, strides, dilations)):
+            span = n + b + e - d * (kk - 1) - 1
+            out = -(-span // s) + 1
+            if (out - 1) * s >= n + b:  # the last window would start in the end padding
+                out -= 1
+            extra[i] = max((out - 1) * s + d * (kk - 1) + 1 - (n + b + e), 0)
+    return Geometry(tuple(kernel), strides, dilations, tuple(begin), tuple(end), tuple(extra))
+
+
+def pad(x: np.ndarray, geo: Geometry, value, extra_value=None) -> np.ndarray:
+    """``x`` ``[N, C, *spatial]`` padded with ``value`` (explicit pads) and ``extra_value``
+    (default ``value``) where only ceil-mode windows reach."""
+    extra = geo.ceil_extra or (0,) * len(geo.kernel)
+    if any(b < 0 or e < 0 for b, e in zip(geo.begin, geo.end)):
+        raise UnsupportedError("negative pads are not supported")
+    widths = [(0, 0), (0, 0)] + [(b, e) for b, e in zip(geo.begin, geo.end)]
+    if any(b or e for b, e in widths):
+        x = np.pad(x, widths, constant_values=value)
+    if any(extra):
+        x = np.pad(x, [(0, 0), (0, 0)] + [(0, c) for c in extra],
+                   constant_values=value if extra_value is None else extra_value)
+    return x
+
+
+def taps(padded: np.ndarray, geo: Geometry) -> Iterator[np.ndarray]:
+    """For each kernel offset (row-major), the strided view ``[N, C, *out_spatial]`` of the
+    padded input that this tap of every window reads.  Looping over the few taps with whole-
+    tensor operations is much faster in NumPy than reducing a 6-D sliding-window view."""
+    out = tuple((n - d * (k - 1) - 1) // s + 1
+                for n, k, s, d in zip(padded.shape[2:], geo.kernel, geo.strides, geo.dilations))
+    for offset in np.ndindex(*geo.kernel):
+        index = (slice(None), slice(None)) + tuple(
+            slice(o * d, o * d + s * (m - 1) + 1, s) for o, d, s, m in zip(offset, geo.dilations, geo.strides, out))
+        yield padded[index]
