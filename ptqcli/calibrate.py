@@ -12,7 +12,7 @@ from ptqcli.errors import ObservationError, OptionError
 from ptqcli.graph import Prepared, opset
 from ptqcli.observations import Observations
 from ptqcli.plan import Group, Structure, analyse
-from ptqcli.qparams import activation_params, bias_params, weight_params
+from ptqcli.qparams import activation_params, bias_floor, bias_params, weight_params
 from ptqcli.scale_table import GroupEntry, NodeEntry, ScaleTable, TensorEntry
 from ptqcli.tensors import ScaleGroups, integer_groups, scale_groups
 
@@ -193,7 +193,10 @@ def _weights(prepared: Prepared, g: Group, tensors: dict[str, TensorEntry], opti
     if g.weight is not None:
         w = index.array(g.weight)
         axis = g.weight_axis if options.per_channel else None
-        wp = weight_params(w, axis)
+        floor = 0.0
+        if g.bias is not None:
+            floor = bias_floor(index.array(g.bias), tensors[g.inputs[0]].params, axis is not None)
+        wp = weight_params(w, axis, min_scale=floor)
         amax = float(np.abs(w).max()) if w.size else 0.0
         tensors[g.weight] = TensorEntry("weight", wp, "max", (-amax, amax), _extremes(w))
         if g.bias is not None:

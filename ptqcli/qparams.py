@@ -72,11 +72,17 @@ def activation_params(r: Range, dtype: str) -> QuantParams:
     return QuantParams(dtype, (scale,), (0,))
 
 
-def weight_params(w: np.ndarray, axis: int | None) -> QuantParams:
+#: A bias code may use at most this magnitude, leaving the int32 accumulator room for the products.
+BIAS_CODE_LIMIT = 2 ** 30
+
+
+def weight_params(w: np.ndarray, axis: int | None, *, min_scale: np.ndarray | float = 0.0) -> QuantParams:
     """int8 symmetric per-channel (``axis``) or per-tensor (``axis=None``) parameters of ``w``.
 
-    A channel whose weights are all zero gets the median scale of the others, which keeps its
-    int32 bias representable."""
+    A channel whose weights are all zero gets the median scale of the others; no scale falls below
+    ``min_scale`` (per channel), which ``bias_floor`` sets so that the int32 bias stays
+    representable: a channel of nearly-zero weights would otherwise get a scale near 1e-19 and
+    saturate its bias code."""
     if axis is None:
         amax = np.array([np.abs(w).max()]) if w.size else np.zeros(1)
     else:
@@ -84,7 +90,16 @@ def weight_params(w: np.ndarray, axis: int | None) -> QuantParams:
     scale = (amax / 127.0).astype(np.float32)
     nonzero = scale[scale > 0]
     scale[scale == 0] = np.median(nonzero) if nonzero.size else 1.0
+    scale = np.maximum(scale, np.asarray(min_scale, dtype=np.float32))
     return QuantParams("int8", tuple(float(s) for s in scale), (0,) * len(scale), axis)
+
+
+def bias_floor(bias: np.ndarray, x: QuantParams, per_channel: bool) -> np.ndarray | float:
+    """The smallest weight scale(s) for which ``|bias| / (s_x * s_w)`` stays within
+    ``BIAS_CODE_LIMIT`` (one per output channel, or one for a per-tensor weight scale)."""
+    # 1e-6 above the bound: float32 rounding of the scale must not push a code past it
+    need = np.abs(np.asarray(bias, dtype=np.float64)).reshape(-1) / (x.scale[0] * BIAS_CODE_LIMIT) * (1 + 1e-6)
+    return need.astype(np.float32) if per_channel else float(need.max(initial=0.0))
 
 
 def bias_params(x: QuantParams, w: QuantParams, channels: int, axis: int = 0) -> QuantParams:

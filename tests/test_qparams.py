@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from calibrators import Range
-from ptqcli.qparams import (QuantParams, activation_params, bias_params, dequantize, quantize, quantize_bias,
+from ptqcli.qparams import (QuantParams, activation_params, bias_floor, bias_params, dequantize, quantize, quantize_bias,
                             weight_params)
 
 
@@ -63,3 +63,15 @@ def test_per_channel_dequantize_broadcasts_on_axis():
     p = QuantParams("int8", (1.0, 2.0), (0, 0), 1)
     q = np.array([[1, 1], [2, 2]], np.int8)
     assert dequantize(q, p).tolist() == [[1.0, 2.0], [2.0, 4.0]]
+
+
+def test_nearly_dead_channel_keeps_its_bias_representable():
+    w = np.array([[0.5, -0.25], [1e-18, -2e-18]], np.float32)  # channel 1 is nearly zero
+    b = np.array([0.1, 0.8], np.float32)
+    x = QuantParams("uint8", (0.02,), (0,))
+    plain = weight_params(w, 0)
+    assert plain.scale[1] < 1e-19  # its bias code would be 0.8 / (0.02 * 1.6e-20): far past int32
+    floored = weight_params(w, 0, min_scale=bias_floor(b, x, per_channel=True))
+    codes = quantize_bias(b, bias_params(x, floored, 2))
+    assert abs(int(codes[1])) <= 2 ** 30 and floored.scale[0] == plain.scale[0]
+    assert dequantize(codes, bias_params(x, floored, 2)) == pytest.approx(b, rel=1e-6)
