@@ -108,3 +108,26 @@ def export(model: str | pathlib.Path, table: str | pathlib.Path, output: str | p
     check_table(prepared, loaded, table)
     save_model(export_model(prepared, loaded), output)
     return output
+
+
+def simulate(model, table, inputs, *, tensors=()):
+    """The NumPy integer simulator on one batch of ``inputs`` (see ``ptqcli.sim``)."""
+    from ptqcli.sim import simulate as simulate_batch
+
+    return simulate_batch(model, table, inputs, tensors=tensors)
+
+
+def sensitivity(model: str | pathlib.Path, table: str | pathlib.Path, data: str | pathlib.Path,
+                data_options: DataOptions = DataOptions(limit=16), progress: ProgressFactory = _no_progress):
+    """Layerwise sensitivity of ``model`` under ``table`` on the first ``data_options.limit``
+    samples of ``data``: ``(all quantized, [one point quantized, most sensitive first])``."""
+    from ptqcli.sensitivity import layerwise, points
+
+    prepared = prepare(model)
+    loaded = scale_table.load(table)
+    check_table(prepared, loaded, table)
+    files = list_samples(data, limit=data_options.limit)
+    feeds = [b.feeds for b in batches(files, prepared.inputs, batch_size=data_options.batch_size,
+                                      image=data_options.image)]
+    with progress(len(points(loaded))) as update:
+        return layerwise(prepared, loaded, feeds, progress=update)

@@ -22,6 +22,7 @@ from ptqcli import __version__, api
 from ptqcli.calibrate import CalibrationOptions
 from ptqcli.dataset import ImageSpec
 from ptqcli.errors import PtqError
+from ptqcli.metrics import finite_or_none
 
 
 class _Failure(click.ClickException):
@@ -142,7 +143,7 @@ def _data(batch_size: int, limit: int | None, size, mean, std, layout: str, bgr:
     return api.DataOptions(batch_size, limit, ImageSpec(size, tuple(mean), tuple(std), layout, bgr))
 
 
-def _progress(label: str, quiet: bool) -> api.ProgressFactory:
+def _progress(label: str, quiet: bool, unit: str = "samples") -> api.ProgressFactory:
     @contextlib.contextmanager
     def factory(total: int):
         if quiet:
@@ -153,7 +154,7 @@ def _progress(label: str, quiet: bool) -> api.ProgressFactory:
                 yield bar.update
         else:
             start = time.perf_counter()
-            click.echo(f"{label}: {total} samples...", err=True)
+            click.echo(f"{label}: {total} {unit}...", err=True)
             yield lambda n: None
             click.echo(f"{label}: done in {time.perf_counter() - start:.1f} s", err=True)
     return factory
@@ -285,3 +286,29 @@ def simulate(model, table_path, data, labels, per_layer, batch_size, limit, size
         _emit_json(report.as_json())
     else:
         click.echo(report.as_text())
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
+              help="Scale table written by ptq calibrate for this model.")
+@click.option("--data", required=True, type=click.Path(path_type=pathlib.Path), help="Folder of samples.")
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Print the N most sensitive quantization points.")
+@_data_options
+@_reported
+def sensitivity(model, table_path, data, top, batch_size, limit, size, mean, std, layout, bgr, quiet, as_json) -> None:
+    """Quantize one scale group (or one weight) of MODEL at a time and report the SQNR and cosine
+    of the outputs against float: the most sensitive points first."""
+    result = api.sensitivity(model, table_path, data, _data(batch_size, limit or 16, size, mean, std, layout, bgr),
+                             _progress("analysing", quiet or as_json, unit="quantization points"))
+    everything, ranked = result
+    if as_json:
+        _emit_json({"all_quantized": {"sqnr_db": finite_or_none(everything.sqnr_db), "cosine": everything.cosine},
+                    "points": [{"tensor": s.tensor, "role": s.role, "sqnr_db": finite_or_none(s.sqnr_db),
+                                "cosine": s.cosine} for s in ranked]})
+        return
+    click.echo(f"all quantized: SQNR {everything.sqnr_db:.2f} dB, cosine {everything.cosine:.6f}")
+    click.echo(f"{'SQNR dB':>8}  {'cosine':>8}  {'role':10}  tensor (only this one quantized)")
+    for s in ranked[:top]:
+        click.echo(f"{s.sqnr_db:8.2f}  {s.cosine:8.6f}  {s.role:10}  {s.tensor}")

@@ -90,6 +90,17 @@ def switchable_model(prepared: Prepared, table: ScaleTable) -> Switchable:
     return Switchable(model, switch)
 
 
+def points(table: ScaleTable) -> dict[str, list[str]]:
+    """The quantization decisions of a table: a scale group (named by its representative) or a
+    weight or constant, with the tensors each one switches; tensors sharing a scale go together."""
+    members: dict[str, list[str]] = {}
+    for name, entry in sorted(table.tensors.items()):
+        if entry.role == "bias":
+            continue
+        members.setdefault(entry.scale_group if entry.role == "activation" else name, []).append(name)
+    return members
+
+
 @dataclass(frozen=True)
 class Sensitivity:
     """Output agreement with float when only ``tensor`` is quantized."""
@@ -124,11 +135,8 @@ def layerwise(prepared: Prepared, table: ScaleTable, feeds: Sequence[dict[str, n
         return total
 
     everything = agreement(on)
-    # tensors sharing a scale are one quantization decision: switch them together
-    members: dict[str, list[str]] = {}
-    for name in sw.switch:
-        entry = table.tensors[name]
-        members.setdefault(entry.scale_group if entry.role == "activation" else name, []).append(name)
+    members = {k: [m for m in v if m in sw.switch] for k, v in points(table).items()}
+    members = {k: v for k, v in members.items() if v}
     chosen = list(tensors) if tensors is not None else sorted(members)
     results = []
     for name in chosen:

@@ -114,3 +114,17 @@ def test_version_and_help():
     assert code == 0 and out.startswith("ptq, version")
     code, out = run("calibrate", "--help")
     assert code == 0 and "--fixed-range" in out and "--int16" in out
+
+
+def test_sensitivity_command(tmp_path, cnn_model, small_calib):
+    code, _ = run("calibrate", cnn_model, "--data", small_calib, "-o", tmp_path / "t.json", "-q")
+    assert code == 0
+    code, out = run("sensitivity", cnn_model, "--table", tmp_path / "t.json", "--data", small_calib,
+                    "--limit", "4", "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    sqnr = [p["sqnr_db"] for p in report["points"]]
+    assert sqnr == sorted(sqnr) and report["all_quantized"]["sqnr_db"] <= sqnr[0] + 0.5
+    assert {"weight", "activation"} <= {p["role"] for p in report["points"]}
+    code, out = run("sensitivity", cnn_model, "--table", tmp_path / "t.json", "--data", small_calib, "--top", "3")
+    assert code == 0 and len([ln for ln in out.splitlines() if ln.strip().startswith(("-", "1", "2", "3", "4", "5", "6", "7", "8", "9"))]) == 3
