@@ -152,3 +152,33 @@ def magnitudes(hist: Histogram, sign: int = 0) -> np.ndarray:
     out = np.zeros(int(folded.max()) + 1 if folded.size else 0, dtype=np.int64)
     np.add.at(out, folded, counts)
     return out
+
+
+def from_counts(values: np.ndarray, counts: np.ndarray, minimum: float, maximum: float) -> Histogram:
+    """A histogram in which ``values[i]`` occurs ``counts[i]`` times, with the given extremes."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    lo = min(minimum, float(values.min())) if values.size else minimum
+    hi = max(maximum, float(values.max())) if values.size else maximum
+    if lo > hi:
+        return empty()
+    width_exp = width_exp_for(max(abs(lo), abs(hi)))
+    first, last = _run(width_exp, lo, hi)
+    index = np.floor(values * math.ldexp(1.0, -width_exp)).astype(np.int64) - first
+    out = np.bincount(index, weights=np.asarray(counts, dtype=np.float64), minlength=last - first + 1)
+    return Histogram(width_exp, first, np.rint(out).astype(np.int64), lo, hi)
+
+
+def push_through(hist: Histogram, f) -> Histogram:
+    """The histogram of ``f(x)`` for ``x`` distributed as ``hist``, ``f`` elementwise on float32.
+
+    Each bin's count goes to ``f`` of its centre (clipped to the observed extremes); the extremes
+    are those of ``f`` over the bin edges and the exact input extremes, so they are exact for a
+    monotonic ``f`` and within ``f``'s variation over one bin otherwise."""
+    if hist.total == 0:
+        return empty()
+    centers = np.clip(hist.centers(), hist.minimum, hist.maximum)
+    edges = np.concatenate([np.clip(hist.edges(), hist.minimum, hist.maximum), [hist.minimum, hist.maximum]])
+    y = np.asarray(f(np.concatenate([centers, edges]).astype(np.float32)), dtype=np.float64)
+    y_centers, y_edges = y[:len(centers)], y[len(centers):]
+    keep = hist.counts > 0
+    return from_counts(y_centers[keep], hist.counts[keep], float(y_edges.min()), float(y_edges.max()))

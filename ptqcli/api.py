@@ -15,7 +15,8 @@ from ptqcli.errors import ObservationError, OptionError
 from ptqcli.export_qdq import check_table, export as export_model, save as save_model
 from ptqcli.graph import prepare
 from ptqcli.scale_table import ScaleTable
-from ptqcli.tensors import observed_tensors
+from ptqcli.derive import derive
+from ptqcli.tensors import observation_plan
 
 #: ``progress(total)`` returns a context manager yielding ``update(n)``.
 ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
@@ -75,11 +76,12 @@ def calibrate(model: str | pathlib.Path, *, data: str | pathlib.Path | None = No
             raise ObservationError(f"{obs_path}: the observations were made on another model")
     else:
         files = list_samples(data, limit=data_options.limit)
-        tensors = observed_tensors(prepared.index, decisions.structure)
+        tensors, derived = observation_plan(prepared.index, decisions.structure)
         t0 = time.perf_counter()
         with progress(len(files)) as update:
             feed = batches(files, prepared.inputs, batch_size=data_options.batch_size, image=data_options.image)
             obs = collect.observe(prepared, tensors, feed, subsample=subsample, progress=update)
+        obs = derive(prepared, obs, derived)
         seconds_observe = time.perf_counter() - t0
         obs_path = observations_path_for(table_path)
     if options.method == "auto":

@@ -15,6 +15,7 @@ histograms, whatever the number of samples.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -31,6 +32,8 @@ from ptqcli.observations import Observations
 
 #: Default cap on histogram values per sample and tensor.
 SUBSAMPLE = 1 << 12
+#: Rows up to this length are copied out and reduced in NumPy; longer ones inside the runtime.
+EXPOSE_ROW = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -68,9 +71,10 @@ def _exposing(prepared: Prepared, tensors: Sequence[str]) -> onnx.ModelProto:
     return model
 
 
-def lean_model(prepared: Prepared, strides: dict[str, int]) -> tuple[onnx.ModelProto, list[_Probe]]:
-    """The prepared model whose only outputs are the probes of ``strides`` (tensor -> stride)."""
-    model = _exposing(prepared, [t for t, k in strides.items() if k == 1])
+def lean_model(prepared: Prepared, plan: dict[str, tuple[int, bool]]) -> tuple[onnx.ModelProto, list[_Probe]]:
+    """The prepared model whose only outputs are the probes of ``plan`` (tensor -> (stride,
+    reduced in the graph))."""
+    model = _exposing(prepared, [t for t, (_, in_graph) in plan.items() if not in_graph])
     graph = model.graph
     graph.initializer.extend([
         helper.make_tensor("ptq::rows", TensorProto.INT64, [2], [0, -1]),
@@ -79,9 +83,9 @@ def lean_model(prepared: Prepared, strides: dict[str, int]) -> tuple[onnx.ModelP
         helper.make_tensor("ptq::one", TensorProto.INT64, [1], [1]),
     ])
     probes = []
-    for i, (t, k) in enumerate(strides.items()):
-        if k == 1:
-            probes.append(_Probe(t, 1))
+    for i, (t, (k, in_graph)) in enumerate(plan.items()):
+        if not in_graph:
+            probes.append(_Probe(t, k))
             continue
         p = f"ptq::{i}"
         probe = _Probe(t, k, f"{p}::min", f"{p}::max", f"{p}::values")
@@ -116,37 +120,53 @@ def _update(hist: histogram.Histogram, tensor: str, values: np.ndarray, lo: floa
     return histogram.update(hist, values, minimum=lo, maximum=hi)
 
 
+def _split(batch: Batch) -> tuple[Batch, Batch | None]:
+    """The first sample of ``batch``, and the rest (None if there is no rest)."""
+    if batch.count == 1:
+        return batch, None
+    head = {k: v[:1] for k, v in batch.feeds.items()}
+    tail = {k: v[1:] for k, v in batch.feeds.items()}
+    return Batch(head, batch.files, 1), Batch(tail, batch.files, batch.count - 1)
+
+
+def _strides(prepared: Prepared, tensors: Sequence[str], sample: Batch, subsample: int,
+             hists: dict[str, histogram.Histogram]) -> dict[str, tuple[int, bool]]:
+    """Run one sample with every tensor exposed: count it, and pick each tensor's stride from its
+    row length, and whether the lean model reduces it in the graph (long rows) or exposes it."""
+    session = _session(_exposing(prepared, tensors))
+    strides = {}
+    for t, value in zip(tensors, session.run(list(tensors), sample.feeds)):
+        row = value.size // value.shape[0] if value.ndim and value.shape[0] else value.size
+        stride = stride_for(row, subsample)
+        lo, hi = (float(value.min()), float(value.max())) if value.size else (math.inf, -math.inf)
+        hists[t] = _update(hists[t], t, _rows(value, stride), lo, hi, sample)
+        strides[t] = (stride, row > EXPOSE_ROW)
+    return strides
+
+
 def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch], *,
             subsample: int = SUBSAMPLE, progress: Callable[[int], None] | None = None) -> Observations:
     """Run the model once over ``batches`` and stream every tensor into a histogram."""
     hists = {t: histogram.empty() for t in tensors}
-    samples = 0
     batches = iter(batches)
     first = next(batches, None)
     if first is None or not tensors:
         return Observations(prepared.fingerprint, 0, subsample, hists)
-    probe_session = _session(_exposing(prepared, tensors))
-    full = dict(zip(tensors, probe_session.run(list(tensors), first.feeds)))
-    del probe_session
-    strides = {}
-    for t in tensors:
-        value = full.pop(t)
-        row = value.size // value.shape[0] if value.ndim and value.shape[0] else value.size
-        strides[t] = stride_for(row, subsample)
-        lo, hi = (float(value.min()), float(value.max())) if value.size else (math.inf, -math.inf)
-        hists[t] = _update(hists[t], t, _rows(value, strides[t]), lo, hi, first)
-    samples += first.count
+    head, rest = _split(first)
+    strides = _strides(prepared, tensors, head, subsample, hists)
+    samples = 1
     if progress is not None:
-        progress(first.count)
+        progress(1)
     model, probes = lean_model(prepared, strides)
     session = _session(model)
     names = [o.name for o in session.get_outputs()]
-    for batch in batches:
+    for batch in itertools.chain([rest] if rest is not None else [], batches):
         out = dict(zip(names, session.run(names, batch.feeds)))
         for probe in probes:
-            if probe.stride == 1:
-                values = out[probe.tensor]
-                lo, hi = (float(values.min()), float(values.max())) if values.size else (math.inf, -math.inf)
+            if probe.minimum is None:  # exposed: statistics in NumPy
+                value = out[probe.tensor]
+                lo, hi = (float(value.min()), float(value.max())) if value.size else (math.inf, -math.inf)
+                values = _rows(value, probe.stride)
             else:
                 values, lo, hi = out[probe.values], float(out[probe.minimum]), float(out[probe.maximum])
             hists[probe.tensor] = _update(hists[probe.tensor], probe.tensor, values, lo, hi, batch)

@@ -141,5 +141,18 @@ def observed_tensors(index: GraphIndex, structure: Structure) -> tuple[str, ...]
     return tuple(t for r in groups.sources.values() for t in r)
 
 
-def group_tensors(group: Group) -> tuple[str, ...]:
-    return group.inputs + group.outputs
+def observation_plan(index: GraphIndex, structure: Structure) -> tuple[tuple[str, ...], dict[str, Group]]:
+    """``(observed, derived)``: the tensors the observation pass measures, and the table outputs
+    whose histograms follow from their input's instead (``derived[output] = lut group``).
+
+    A table group is a fixed function of one observed tensor, so its output distribution is that
+    function applied to the input's histogram: measuring it again in the runtime would cost a
+    probe (and often a layout conversion) for nothing."""
+    needed = observed_tensors(index, structure)
+    measured = set(needed)
+    derived = {}
+    for group in structure.groups:
+        out = group.outputs[0]
+        if group.kind == "lut" and out in measured and group.inputs[0] in measured and len(group.outputs) == 1:
+            derived[out] = group
+    return tuple(t for t in needed if t not in derived), derived

@@ -64,3 +64,16 @@ def test_nan_activation_names_the_tensor_and_files(tmp_path, cnn):
     np.save(tmp_path / "0001.npy", big)
     with pytest.raises(DataError, match=r"is NaN or infinite on sample\(s\) 0001.npy"):
         run_observe(prepared, tensors, list_samples(tmp_path), 1, subsample=100)
+
+
+def test_reducing_inside_the_runtime_or_in_numpy_gives_the_same_histograms(cnn, calib_dir, monkeypatch):
+    prepared, tensors = cnn
+    files = list_samples(calib_dir, limit=12)
+    monkeypatch.setattr(collect, "EXPOSE_ROW", 0)  # every tensor reduced by ReduceMin/ReduceMax/Slice
+    in_graph = run_observe(prepared, tensors, files, 5, subsample=100)
+    monkeypatch.setattr(collect, "EXPOSE_ROW", 1 << 30)  # every tensor copied out
+    in_numpy = run_observe(prepared, tensors, files, 5, subsample=100)
+    for t in tensors:
+        a, b = in_graph.histograms[t], in_numpy.histograms[t]
+        assert (a.width_exp, a.offset, a.minimum, a.maximum) == (b.width_exp, b.offset, b.minimum, b.maximum)
+        assert np.array_equal(a.counts, b.counts), t
