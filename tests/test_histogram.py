@@ -81,3 +81,24 @@ def test_magnitudes_fold_negative_bins_onto_abs_values(rng):
 def test_single_values(value):
     h = H.update(H.empty(), np.array([value], np.float32))
     assert h.total == 1 and math.isclose(h.minimum, value, rel_tol=1e-6)
+
+
+def test_push_through_a_monotonic_function_keeps_counts_and_exact_extremes(rng):
+    x = rng.normal(0, 2, 50_000).astype(np.float32)
+    f = lambda v: (1 / (1 + np.exp(-v))).astype(np.float32)  # noqa: E731
+    pushed = H.push_through(H.update(H.empty(), x), f)
+    direct = H.update(H.empty(), f(x))
+    assert pushed.total == x.size
+    assert pushed.minimum == pytest.approx(float(f(x).min()), rel=1e-6)
+    assert pushed.maximum == pytest.approx(float(f(x).max()), rel=1e-6)
+    for q in (0.01, 0.5, 0.99):
+        a = np.searchsorted(np.cumsum(pushed.counts), q * x.size) * pushed.width + pushed.offset * pushed.width
+        b = np.searchsorted(np.cumsum(direct.counts), q * x.size) * direct.width + direct.offset * direct.width
+        assert a == pytest.approx(b, abs=0.002)
+
+
+def test_push_through_a_non_monotonic_function_finds_the_inner_minimum(rng):
+    x = rng.uniform(-4, 4, 20_000).astype(np.float32)
+    hardswish = lambda v: (v * np.clip(v + 3, 0, 6) / 6).astype(np.float32)  # noqa: E731
+    pushed = H.push_through(H.update(H.empty(), x), hardswish)
+    assert pushed.minimum == pytest.approx(-0.375, abs=1e-3) and pushed.total == x.size
