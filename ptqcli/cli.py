@@ -121,7 +121,7 @@ def _data_options(fn: Callable) -> Callable:
     options = [
         click.option("--batch-size", type=click.IntRange(min=1), default=None,
                      help="Samples per ONNX Runtime run (samples of equal shape are stacked) "
-                          "[default: about 256 Ki input values per run, at most 64 samples]."),
+                          "[default: about 256 Ki input values per run, at most 16 samples]."),
         click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N samples only."),
         click.option("--size", type=_Size(), default=None, help="Images: resize to HEIGHTxWIDTH."),
         click.option("--mean", type=_FloatList(), default="0", show_default=True,

@@ -184,7 +184,7 @@ def _batchable(inputs: Sequence[InputSpec]) -> bool:
 #: With ``batch_size=None``, samples are stacked until a batch holds about this many input values:
 #: small inputs gain from fewer runtime calls, large ones lose cache locality when stacked.
 AUTO_BATCH_VALUES = 1 << 18
-AUTO_BATCH_MAX = 64
+AUTO_BATCH_MAX = 16
 
 
 def batches(files: Sequence[pathlib.Path], inputs: Sequence[InputSpec], *, batch_size: int | None = None,
