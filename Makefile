@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO := build/demo
 SAMPLES := sample_models
 
-.PHONY: install demo test bench bench-smoke samples clean
+.PHONY: install demo demo-all test bench bench-smoke samples clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,21 @@ demo: install
 	$(BIN)/ptq export $(SAMPLES)/digits_cnn.onnx --table $(DEMO)/digits_cnn.table.json -o $(DEMO)/digits_cnn.int8.onnx
 	$(BIN)/ptq evaluate $(SAMPLES)/digits_cnn.onnx $(DEMO)/digits_cnn.int8.onnx \
 		--data $(SAMPLES)/digits/eval --labels $(SAMPLES)/digits/eval/labels.csv
+
+# Every range method on both sample models, from one observation pass per model.
+METHODS := max percentile kl mse auto
+demo-all: install
+	mkdir -p $(DEMO)
+	for model in digits_cnn digits_transformer; do \
+	  $(BIN)/ptq calibrate $(SAMPLES)/$$model.onnx --data $(SAMPLES)/digits/calib -o $(DEMO)/$$model.table.json -q && \
+	  for method in $(METHODS); do \
+	    $(BIN)/ptq calibrate $(SAMPLES)/$$model.onnx --observations $(DEMO)/$$model.table.obs.npz \
+	      --data $(SAMPLES)/digits/calib --method $$method -o $(DEMO)/$$model.$$method.json -q && \
+	    $(BIN)/ptq export $(SAMPLES)/$$model.onnx --table $(DEMO)/$$model.$$method.json -o $(DEMO)/$$model.$$method.onnx -q && \
+	    echo "$$model $$method: $$($(BIN)/ptq evaluate $(SAMPLES)/$$model.onnx $(DEMO)/$$model.$$method.onnx \
+	      --data $(SAMPLES)/digits/eval --labels $(SAMPLES)/digits/eval/labels.csv -q | tail -n 3 | tr -s ' \n' ' ')"; \
+	  done; \
+	done
 
 test: install
 	$(BIN)/pytest tests
