@@ -9,8 +9,9 @@ MXNet and ONNX Runtime implement it:
    into ``levels`` groups of ``i // levels`` bins (the last group takes the remainder) and
    spreads each group's mass evenly over the bins that are non-zero in ``P``.
    The first bin is set to the second so that a spike of exact zeros does not steer the pick.
-3. Both are smoothed (zeros get ``EPS``, taken from the non-zero bins) and the cut with the
-   least ``KL(P || Q)`` wins; the threshold is the cut's upper edge, ``i * bin_width``.
+3. Both are smoothed (zeros get ``EPS``, taken from the non-zero bins) and, among the cuts that
+   keep at least ``MIN_KEPT`` of the mass, the one with the least ``KL(P || Q)`` wins; the
+   threshold is the cut's upper edge, ``i * bin_width``.
 
 ``levels`` is the number of non-negative codes: 128 for symmetric int8, 256 for uint8 over
 one-sided data.  All candidates are evaluated at once, in chunks, with prefix sums for the
@@ -28,6 +29,8 @@ from calibrators.types import Range, RangeSpec, is_two_sided, observed, one_side
 N_BINS = 2048
 #: Fewest codes on one side of an asymmetric range for a KL search of that side to mean anything.
 MIN_LEVELS = 64
+#: Least share of the mass a candidate cut must keep.
+MIN_KEPT = 0.999
 EPS = 1e-4
 _CHUNK = 256
 
@@ -92,6 +95,11 @@ def _threshold(counts: np.ndarray, width: float, absmax: float, levels: int) -> 
     # dominate P and Q and pull the threshold down (pytorch-quantization does the same).
     bins[0] = bins[1]
     cuts, kl = divergences(bins, levels)
+    # A cut below most of the mass lumps it all into P's last bin, where Q matches it exactly:
+    # KL is zero and the range collapses (data far from zero, e.g. HardSigmoid outputs in
+    # [0.1, 0.34]).  Only cuts that keep MIN_KEPT of the mass are candidates.
+    kept = np.cumsum(bins)[cuts - 1] / bins.sum()
+    kl = np.where(kept >= MIN_KEPT, kl, np.inf)
     return float(cuts[int(np.argmin(kl))]) * absmax / N_BINS
 
 

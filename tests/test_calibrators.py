@@ -165,3 +165,10 @@ def test_asymmetric_mse_shrinks_the_two_ends_independently(rng):
     full = max_range(h, ASYM)
     assert r.hi / full.hi != pytest.approx(r.lo / full.lo, abs=0.02)
     assert fake_quant_error(x, r.lo, r.hi, False) < fake_quant_error(x, full.lo, full.hi, False)
+
+
+def test_kl_never_cuts_below_data_far_from_zero(rng):
+    x = rng.uniform(0.096, 0.336, 50_000).astype(np.float32)  # HardSigmoid outputs of one layer
+    for spec in (SYM, ASYM):
+        r = kl_range(hist_of(x), spec)
+        assert r.hi >= np.quantile(x, 0.999) - hist_of(x).width
