@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO := build/demo
 SAMPLES := sample_models
 
-.PHONY: install demo demo-all test bench bench-smoke samples clean
+.PHONY: install demo demo-all test bench bench-data bench-fonts bench-smoke samples clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,24 @@ demo-all: install
 
 test: install
 	$(BIN)/pytest tests
+
+# Real-model benchmark (bench/README in README.md): models from PyPI wheels, data rendered from
+# fixed seeds with Debian's fonts, ptq and ONNX Runtime's quantize_static side by side.
+BENCH_FONTS := fonts-dejavu-core fonts-liberation fonts-freefont-ttf fonts-wqy-microhei
+bench-fonts:
+	@dpkg -s $(BENCH_FONTS) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq $(BENCH_FONTS))
+
+bench-data: install bench-fonts
+	$(BIN)/python -m bench.fetch
+	$(BIN)/python -m bench.data
+
+bench: bench-data
+	$(BIN)/python -m bench.run
+
+bench-smoke: install bench-fonts
+	$(BIN)/python -m bench.fetch
+	$(BIN)/python -m bench.data --only cls,magika
+	$(BIN)/python -m bench.run --smoke
 
 # Rebuild the sample models and data (needs torch; never a dependency of ptq itself).
 samples:
