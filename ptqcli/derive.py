@@ -6,7 +6,6 @@ from dataclasses import replace
 from typing import Callable
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper
 
 from calibrators import histogram

@@ -11,7 +11,7 @@ from fakequant import fake_quant
 from ptqcli import api, scale_table
 from ptqcli.calibrate import CalibrationOptions
 from ptqcli.errors import OptionError
-from ptqcli.dataset import batches, list_samples
+from ptqcli.dataset import list_samples
 from ptqcli.evaluate import read_labels
 from ptqcli.graph import prepare
 
