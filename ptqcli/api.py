@@ -80,16 +80,16 @@ def calibrate(model: str | pathlib.Path, *, data: str | pathlib.Path | None = No
         t0 = time.perf_counter()
         with progress(len(files)) as update:
             feed = batches(files, prepared.inputs, batch_size=data_options.batch_size, image=data_options.image)
-            obs = collect.observe(prepared, tensors, feed, subsample=subsample, progress=update)
+            budget = collect.BATCH_BYTES if data_options.batch_size is None else None
+            obs = collect.observe(prepared, tensors, feed, subsample=subsample, progress=update, budget=budget)
         obs = derive(prepared, obs, derived)
         seconds_observe = time.perf_counter() - t0
         obs_path = observations_path_for(table_path)
     if options.method == "auto":
         if data is None:
             raise OptionError("--method auto scores candidate tables on calibration samples: give --data too")
-        search_files = autosearch.spread(list_samples(data, limit=data_options.limit))
-        feeds = [b.feeds for b in batches(search_files, prepared.inputs, batch_size=data_options.batch_size,
-                                          image=data_options.image)]
+        feeds = autosearch.search_feeds(list_samples(data, limit=data_options.limit), prepared.inputs,
+                                        batch_size=data_options.batch_size, image=data_options.image)
         table = autosearch.search(prepared, obs, options, feeds).table
     else:
         table = build_table(prepared, obs, options)

@@ -5,13 +5,14 @@ which proxy serves a model best depends on the model (a classifier with heavy-ta
 wants clipping, a small CNN wants the full range).  The search asks the model instead:
 
 1. build the scale table of every method in ``CANDIDATES`` from the same observations;
-2. score each by the SQNR of the model outputs against float, on ``SAMPLES`` calibration samples
-   spread evenly over the folder
+2. score each by the SQNR of the model outputs against float, on calibration samples spread
+   evenly over the folder (``SAMPLES``, fewer for large inputs: ``SAMPLE_VALUES``)
    (one ONNX Runtime session whose activation scales and zero points are graph inputs, so a
    candidate costs one run per sample and no new session);
 3. starting from the best table, visit the scale groups where the methods disagree most (range
    scales more than ``MIN_SPREAD`` apart) and switch each to another method's range where that
-   raises the output SQNR (greedy coordinate descent), for at most ``TRIALS`` trials.
+   raises the output SQNR (greedy coordinate descent), within ``TRIALS`` trials and
+   ``TRIAL_VALUES`` input values processed in all.
 
 Weights and biases keep the parameters of the first table during the search (biases depend on
 the input scale, but their rounding is far below the activations'); the final table is built
@@ -37,14 +38,17 @@ from ptqcli.qparams import NUMPY, QuantParams
 from ptqcli.scale_table import ScaleTable
 
 CANDIDATES = ("percentile", "mse", "max", "kl")
-#: Calibration samples the search scores on.
+#: Calibration samples the search scores on (at most), and the most input values they may hold.
 SAMPLES = 64
+SAMPLE_VALUES = 1 << 22
 #: A switch must raise the output SQNR by more than this (dB) to be taken.
 MIN_GAIN_DB = 0.01
 #: Candidate ranges closer than this (relative scale) are not worth a trial.
 MIN_SPREAD = 0.05
-#: Most refinement trials (each is one pass over the search samples); bounds the search time.
+#: Most refinement trials (each is one pass over the search samples), and the most input values
+#: all passes together may process: together they bound the search time.
 TRIALS = 96
+TRIAL_VALUES = 1 << 26
 
 _ONNX_TYPE = {"uint8": onnx.TensorProto.UINT8, "int8": onnx.TensorProto.INT8, "int16": onnx.TensorProto.INT16}
 
@@ -115,6 +119,8 @@ def search(prepared: Prepared, obs: Observations, options: CalibrationOptions, f
     current, current_db = dict(candidates[best]), scores[best]
     if progress is not None:
         progress(", ".join(f"{m} {scores[m]:.2f} dB" for m in CANDIDATES))
+    per_pass = sum(a.size for f in feeds for a in f.values())
+    budget = min(TRIALS, max(0, TRIAL_VALUES // max(per_pass, 1) - len(CANDIDATES)))
     fixed = {name for name, _ in options.method_for} | {name for name, _, _ in options.fixed_ranges}
     roots = [r for r in evaluator.roots
              if not fixed & {t for t, e in tables[best].tensors.items() if e.scale_group == r}]
@@ -123,7 +129,7 @@ def search(prepared: Prepared, obs: Observations, options: CalibrationOptions, f
     trials = 0
     for root in roots:
         for m in CANDIDATES:
-            if trials >= TRIALS or m == best or not _differs(candidates[m][root], current[root]):
+            if trials >= budget or m == best or not _differs(candidates[m][root], current[root]):
                 continue
             trials += 1
             trial = {**current, root: candidates[m][root]}
@@ -145,6 +151,16 @@ def spread(files: Sequence, count: int = SAMPLES) -> list:
     if len(files) <= count:
         return list(files)
     return [files[int(i)] for i in np.linspace(0, len(files) - 1, count).round()]
+
+
+def search_feeds(files: Sequence, inputs, *, batch_size: int | None = None, image=None) -> list[Feed]:
+    """The feeds the search scores on: samples spread over ``files``, as many as fit in
+    ``SAMPLES`` and ``SAMPLE_VALUES`` (large inputs, such as pages for a detector, get fewer)."""
+    from ptqcli.dataset import batches, read_sample
+
+    per_sample = sum(a[0].size for a in read_sample(files[0], inputs, image).values())
+    count = max(1, min(SAMPLES, SAMPLE_VALUES // max(per_sample, 1)))
+    return [b.feeds for b in batches(spread(files, count), inputs, batch_size=batch_size, image=image)]
 
 
 def _spread(params: Sequence[QuantParams]) -> float:

@@ -34,6 +34,8 @@ from ptqcli.observations import Observations
 SUBSAMPLE = 1 << 12
 #: Rows up to this length are copied out and reduced in NumPy; longer ones inside the runtime.
 EXPOSE_ROW = 1 << 15
+#: With automatic batches, the observed activations of one run stay near this many bytes.
+BATCH_BYTES = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -130,37 +132,56 @@ def _split(batch: Batch) -> tuple[Batch, Batch | None]:
 
 
 def _strides(prepared: Prepared, tensors: Sequence[str], sample: Batch, subsample: int,
-             hists: dict[str, histogram.Histogram]) -> dict[str, tuple[int, bool]]:
+             hists: dict[str, histogram.Histogram]) -> tuple[dict[str, tuple[int, bool]], int]:
     """Run one sample with every tensor exposed: count it, and pick each tensor's stride from its
-    row length, and whether the lean model reduces it in the graph (long rows) or exposes it."""
+    row length, and whether the lean model reduces it in the graph (long rows) or exposes it.
+    Also returns the bytes of the observed tensors of that sample."""
     session = _session(_exposing(prepared, tensors))
     strides = {}
-    for t, value in zip(tensors, session.run(list(tensors), sample.feeds)):
+    values = session.run(list(tensors), sample.feeds)
+    footprint = sum(v.nbytes for v in values)
+    for t, value in zip(tensors, values):
         row = value.size // value.shape[0] if value.ndim and value.shape[0] else value.size
         stride = stride_for(row, subsample)
         lo, hi = (float(value.min()), float(value.max())) if value.size else (math.inf, -math.inf)
         hists[t] = _update(hists[t], t, _rows(value, stride), lo, hi, sample)
         strides[t] = (stride, row > EXPOSE_ROW)
-    return strides
+    return strides, footprint
+
+
+def _chunks(batch: Batch, size: int | None) -> list[Batch]:
+    """``batch`` cut into runs of at most ``size`` samples (``None``: as it is)."""
+    if size is None or batch.count <= size:
+        return [batch]
+    return [Batch({k: v[i:i + size] for k, v in batch.feeds.items()}, batch.files, min(size, batch.count - i))
+            for i in range(0, batch.count, size)]
 
 
 def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch], *,
-            subsample: int = SUBSAMPLE, progress: Callable[[int], None] | None = None) -> Observations:
-    """Run the model once over ``batches`` and stream every tensor into a histogram."""
+            subsample: int = SUBSAMPLE, progress: Callable[[int], None] | None = None,
+            budget: int | None = None) -> Observations:
+    """Run the model once over ``batches`` and stream every tensor into a histogram.
+
+    ``budget``: when set, batches are cut so that the observed tensors of one run take at most
+    about that many bytes (as measured on the first sample): activations, not inputs, decide
+    memory (Magika's 2,048 input bytes become 4 MB of activations per sample)."""
     hists = {t: histogram.empty() for t in tensors}
     batches = iter(batches)
     first = next(batches, None)
     if first is None or not tensors:
         return Observations(prepared.fingerprint, 0, subsample, hists)
     head, rest = _split(first)
-    strides = _strides(prepared, tensors, head, subsample, hists)
+    strides, footprint = _strides(prepared, tensors, head, subsample, hists)
+    size = None if budget is None else max(1, budget // max(footprint, 1))
     samples = 1
     if progress is not None:
         progress(1)
     model, probes = lean_model(prepared, strides)
     session = _session(model)
     names = [o.name for o in session.get_outputs()]
-    for batch in itertools.chain([rest] if rest is not None else [], batches):
+    runs = (chunk for batch in itertools.chain([rest] if rest is not None else [], batches)
+            for chunk in _chunks(batch, size))
+    for batch in runs:
         out = dict(zip(names, session.run(names, batch.feeds)))
         for probe in probes:
             if probe.minimum is None:  # exposed: statistics in NumPy
