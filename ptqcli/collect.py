@@ -4,12 +4,13 @@ Each observed tensor streams into a histogram (``calibrators.histogram``): exact
 body of at most ``subsample`` values per sample taken with a fixed odd stride ``k`` along each
 sample's row (the tensor viewed as ``[N, -1]``), so the result does not depend on batch size.
 
-Cost, not copies: the first batch runs with every tensor exposed, which tells each tensor's row
-length.  The remaining batches run a leaner model in which a long tensor (row longer than
-``subsample``) is reduced inside ONNX Runtime to ``ReduceMin``, ``ReduceMax`` and the strided
-slice, so only small outputs leave the runtime; a short tensor is exposed as is (a few in-graph
-nodes would cost more than the copy).  The first batch goes through the same arithmetic in
-NumPy, so every sample contributes identically.  Memory holds one batch of activations and the
+Cost, not copies: every tensor's row length comes from ONNX shape inference with the inputs fixed
+to the first sample's shapes (or, where that leaves a shape unknown, from running the first
+sample with every tensor exposed).  The samples then run a leaner model in which a long tensor
+(row longer than ``EXPOSE_ROW``) is reduced inside ONNX Runtime to ``ReduceMin``, ``ReduceMax``
+and the strided slice, so only small outputs leave the runtime; a short tensor is exposed as is
+(a few in-graph nodes would cost more than the copy) and reduced in NumPy with the same
+arithmetic, so every sample contributes identically.  Memory holds one batch of activations and the
 histograms, whatever the number of samples.
 """
 
@@ -36,6 +37,8 @@ SUBSAMPLE = 1 << 12
 EXPOSE_ROW = 1 << 15
 #: With automatic batches, the observed activations of one run stay near this many bytes.
 BATCH_BYTES = 1 << 24
+#: Values of one tensor gathered before they are counted (bounds the memory that waits).
+FLUSH_VALUES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -112,14 +115,39 @@ def _rows(value: np.ndarray, stride: int) -> np.ndarray:
     return value.reshape(value.shape[0], -1)[:, ::stride]
 
 
-def _update(hist: histogram.Histogram, tensor: str, values: np.ndarray, lo: float, hi: float,
-            batch: Batch) -> histogram.Histogram:
-    if values.size == 0 and lo > hi:
-        return hist
-    if not (math.isfinite(lo) and math.isfinite(hi) and np.isfinite(values).all()):
+def _check(tensor: str, values: np.ndarray, lo: float, hi: float, batch: Batch) -> None:
+    if values.size and not (math.isfinite(lo) and math.isfinite(hi) and np.isfinite(values).all()):
         files = ", ".join(p.name for p in batch.files)
         raise DataError(f"tensor {tensor!r} is NaN or infinite on sample(s) {files}")
-    return histogram.update(hist, values, minimum=lo, maximum=hi)
+
+
+def _update(hist: histogram.Histogram, tensor: str, values: np.ndarray, lo: float, hi: float,
+            batch: Batch) -> histogram.Histogram:
+    _check(tensor, values, lo, hi, batch)
+    return histogram.update(hist, values, minimum=lo, maximum=hi) if values.size else hist
+
+
+class _Pending:
+    """Values waiting to be counted.  A histogram update gives the same counts however the
+    values are grouped, so the values of many small runs are counted in one update."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.size = 0
+        self.lo, self.hi = math.inf, -math.inf
+
+    def add(self, values: np.ndarray, lo: float, hi: float) -> None:
+        self.parts.append(np.ravel(values))
+        self.size += values.size
+        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+
+    def flush(self, hist: histogram.Histogram) -> histogram.Histogram:
+        if not self.parts:
+            return hist
+        values = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
+        lo, hi = self.lo, self.hi
+        self.parts, self.size, self.lo, self.hi = [], 0, math.inf, -math.inf
+        return histogram.update(hist, values, minimum=lo, maximum=hi)
 
 
 def _split(batch: Batch) -> tuple[Batch, Batch | None]:
@@ -157,6 +185,39 @@ def _chunks(batch: Batch, size: int | None) -> list[Batch]:
             for i in range(0, batch.count, size)]
 
 
+def _static_plan(prepared: Prepared, tensors: Sequence[str], sample: Batch,
+                 subsample: int) -> tuple[dict[str, tuple[int, bool]], int] | None:
+    """The plan of ``_strides`` from ONNX shape inference with the inputs fixed to one sample's
+    shapes (no run needed), or None when some observed tensor's shape stays unknown."""
+    model = onnx.ModelProto()
+    model.CopyFrom(prepared.model)
+    for inp in model.graph.input:
+        if inp.name in sample.feeds:
+            dims = inp.type.tensor_type.shape.dim
+            for dim, size in zip(dims, (1,) + sample.feeds[inp.name].shape[1:]):
+                dim.Clear()
+                dim.dim_value = size
+    del model.graph.value_info[:]
+    try:
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # shape inference is an optimization here: the probe run always works
+        return None
+    shapes = {}
+    for vi in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    if any(t not in shapes for t in tensors):
+        return None
+    plan, footprint = {}, 0
+    for t in tensors:
+        size = int(np.prod(shapes[t], dtype=np.int64))
+        row = size // shapes[t][0] if shapes[t] else 1
+        plan[t] = (stride_for(row, subsample), row > EXPOSE_ROW)
+        footprint += 4 * size
+    return plan, footprint
+
+
 def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch], *,
             subsample: int = SUBSAMPLE, progress: Callable[[int], None] | None = None,
             budget: int | None = None) -> Observations:
@@ -171,14 +232,20 @@ def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch]
     if first is None or not tensors:
         return Observations(prepared.fingerprint, 0, subsample, hists)
     head, rest = _split(first)
-    strides, footprint = _strides(prepared, tensors, head, subsample, hists)
+    static = _static_plan(prepared, tensors, head, subsample)
+    if static is not None:  # shapes known: every sample goes through the lean model
+        strides, footprint = static
+        rest, samples = first, 0
+    else:  # the first sample runs with every tensor exposed, which tells the row lengths
+        strides, footprint = _strides(prepared, tensors, head, subsample, hists)
+        samples = 1
+        if progress is not None:
+            progress(1)
     size = None if budget is None else max(1, budget // max(footprint, 1))
-    samples = 1
-    if progress is not None:
-        progress(1)
     model, probes = lean_model(prepared, strides)
     session = _session(model)
     names = [o.name for o in session.get_outputs()]
+    pending = {t: _Pending() for t in tensors}
     runs = (chunk for batch in itertools.chain([rest] if rest is not None else [], batches)
             for chunk in _chunks(batch, size))
     for batch in runs:
@@ -190,8 +257,14 @@ def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch]
                 values = _rows(value, probe.stride)
             else:
                 values, lo, hi = out[probe.values], float(out[probe.minimum]), float(out[probe.maximum])
-            hists[probe.tensor] = _update(hists[probe.tensor], probe.tensor, values, lo, hi, batch)
+            _check(probe.tensor, values, lo, hi, batch)
+            wait = pending[probe.tensor]
+            wait.add(values, lo, hi)
+            if wait.size >= FLUSH_VALUES:
+                hists[probe.tensor] = wait.flush(hists[probe.tensor])
         samples += batch.count
         if progress is not None:
             progress(batch.count)
+    for t, wait in pending.items():
+        hists[t] = wait.flush(hists[t])
     return Observations(prepared.fingerprint, samples, subsample, hists)

@@ -77,3 +77,15 @@ def test_reducing_inside_the_runtime_or_in_numpy_gives_the_same_histograms(cnn, 
         a, b = in_graph.histograms[t], in_numpy.histograms[t]
         assert (a.width_exp, a.offset, a.minimum, a.maximum) == (b.width_exp, b.offset, b.minimum, b.maximum)
         assert np.array_equal(a.counts, b.counts), t
+
+
+def test_shapes_from_inference_or_from_a_probe_run_give_the_same_histograms(cnn, calib_dir, monkeypatch):
+    prepared, tensors = cnn
+    files = list_samples(calib_dir, limit=9)
+    static = run_observe(prepared, tensors, files, 4, subsample=100)
+    monkeypatch.setattr(collect, "_static_plan", lambda *args: None)  # force the probe run
+    probed = run_observe(prepared, tensors, files, 4, subsample=100)
+    for t in tensors:
+        a, b = static.histograms[t], probed.histograms[t]
+        assert (a.offset, a.minimum, a.maximum) == (b.offset, b.minimum, b.maximum) and np.array_equal(a.counts, b.counts)
+    assert static.samples == probed.samples == 9
