@@ -7,8 +7,8 @@ sample's row (the tensor viewed as ``[N, -1]``), so the result does not depend o
 Cost, not copies: every tensor's row length comes from ONNX shape inference with the inputs fixed
 to the first sample's shapes (or, where that leaves a shape unknown, from running the first
 sample with every tensor exposed).  The samples then run a leaner model in which a long tensor
-(row longer than ``EXPOSE_ROW``) is reduced inside ONNX Runtime to ``ReduceMin``, ``ReduceMax``
-and the strided slice, so only small outputs leave the runtime; a short tensor is exposed as is
+(row longer than ``EXPOSE_ROW``) is reduced inside ONNX Runtime to its minimum, maximum and the
+strided slice, so only small outputs leave the runtime; a short tensor is exposed as is
 (a few in-graph nodes would cost more than the copy) and reduced in NumPy with the same
 arithmetic, so every sample contributes identically.  Memory holds one batch of activations and the
 histograms, whatever the number of samples.
@@ -28,7 +28,7 @@ from onnx import TensorProto, helper
 from calibrators import histogram
 from ptqcli.dataset import Batch
 from ptqcli.errors import DataError
-from ptqcli.graph import Prepared
+from ptqcli.graph import Prepared, opset
 from ptqcli.observations import Observations
 
 #: Default cap on histogram values per sample and tensor.
@@ -39,6 +39,7 @@ EXPOSE_ROW = 1 << 15
 BATCH_BYTES = 1 << 24
 #: Values of one tensor gathered before they are counted (bounds the memory that waits).
 FLUSH_VALUES = 1 << 16
+
 
 
 @dataclass(frozen=True)
@@ -76,28 +77,47 @@ def _exposing(prepared: Prepared, tensors: Sequence[str]) -> onnx.ModelProto:
     return model
 
 
-def lean_model(prepared: Prepared, plan: dict[str, tuple[int, bool]]) -> tuple[onnx.ModelProto, list[_Probe]]:
-    """The prepared model whose only outputs are the probes of ``plan`` (tensor -> (stride,
-    reduced in the graph))."""
-    model = _exposing(prepared, [t for t, (_, in_graph) in plan.items() if not in_graph])
+def _extreme(graph: onnx.GraphProto, op: str, data: str, out: str, axis: int | None, opset: int) -> None:
+    """``out = op(data)`` over ``axis`` (-1 or None: every axis), without kept dimensions."""
+    inputs, attrs = [data], {"keepdims": 0}
+    if axis is not None and opset >= 18:
+        inputs.append("ptq::last")  # axes as an input from opset 18
+    elif axis is not None:
+        attrs["axes"] = [axis]
+    graph.node.append(helper.make_node(op, inputs, [out], name=f"{out}::{op}", **attrs))
+
+
+def lean_model(prepared: Prepared, plan: dict[str, tuple[int, int]]) -> tuple[onnx.ModelProto, list[_Probe]]:
+    """The prepared model whose only outputs are the probes of ``plan`` (tensor -> (stride, row
+    length)); rows longer than ``EXPOSE_ROW`` are reduced in the graph.  Their extremes are
+    taken along the last axis first: ONNX Runtime reduces a whole tensor on one thread, but
+    spreads the rows of a partial reduction over its threads."""
+    model = _exposing(prepared, [t for t, (_, row) in plan.items() if row <= EXPOSE_ROW])
     graph = model.graph
+    version = opset(model)
     graph.initializer.extend([
         helper.make_tensor("ptq::rows", TensorProto.INT64, [2], [0, -1]),
         helper.make_tensor("ptq::zero", TensorProto.INT64, [1], [0]),
         helper.make_tensor("ptq::end", TensorProto.INT64, [1], [2 ** 62]),
         helper.make_tensor("ptq::one", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("ptq::last", TensorProto.INT64, [1], [-1]),
     ])
+    ranks = _ranks(model)
     probes = []
-    for i, (t, (k, in_graph)) in enumerate(plan.items()):
-        if not in_graph:
+    for i, (t, (k, row)) in enumerate(plan.items()):
+        if row <= EXPOSE_ROW:
             probes.append(_Probe(t, k))
             continue
         p = f"ptq::{i}"
         probe = _Probe(t, k, f"{p}::min", f"{p}::max", f"{p}::values")
         graph.initializer.append(helper.make_tensor(f"{p}::stride", TensorProto.INT64, [1], [k]))
+        for op, out in (("ReduceMin", probe.minimum), ("ReduceMax", probe.maximum)):
+            if ranks.get(t, 0) >= 2:
+                _extreme(graph, op, t, f"{out}::rows", -1, version)
+                _extreme(graph, op, f"{out}::rows", out, None, version)
+            else:
+                _extreme(graph, op, t, out, None, version)
         graph.node.extend([
-            helper.make_node("ReduceMin", [t], [probe.minimum], keepdims=0, name=f"{p}::ReduceMin"),
-            helper.make_node("ReduceMax", [t], [probe.maximum], keepdims=0, name=f"{p}::ReduceMax"),
             helper.make_node("Reshape", [t, "ptq::rows"], [f"{p}::flat"], name=f"{p}::Reshape"),
             helper.make_node("Slice", [f"{p}::flat", "ptq::zero", "ptq::end", "ptq::one", f"{p}::stride"],
                              [probe.values], name=f"{p}::Slice"),
@@ -106,6 +126,14 @@ def lean_model(prepared: Prepared, plan: dict[str, tuple[int, bool]]) -> tuple[o
                             for n in (probe.minimum, probe.maximum, probe.values))
         probes.append(probe)
     return model, probes
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor ranks that ONNX shape inference states (unknown ranks are left out)."""
+    graph = model.graph
+    return {vi.name: len(vi.type.tensor_type.shape.dim)
+            for vi in itertools.chain(graph.input, graph.value_info, graph.output)
+            if vi.type.tensor_type.HasField("shape")}
 
 
 def _rows(value: np.ndarray, stride: int) -> np.ndarray:
@@ -160,9 +188,9 @@ def _split(batch: Batch) -> tuple[Batch, Batch | None]:
 
 
 def _strides(prepared: Prepared, tensors: Sequence[str], sample: Batch, subsample: int,
-             hists: dict[str, histogram.Histogram]) -> tuple[dict[str, tuple[int, bool]], int]:
-    """Run one sample with every tensor exposed: count it, and pick each tensor's stride from its
-    row length, and whether the lean model reduces it in the graph (long rows) or exposes it.
+             hists: dict[str, histogram.Histogram]) -> tuple[dict[str, tuple[int, int]], int]:
+    """Run one sample with every tensor exposed: count it, and record each tensor's row length
+    and the stride it implies (the plan of :func:`lean_model`).
     Also returns the bytes of the observed tensors of that sample."""
     session = _session(_exposing(prepared, tensors))
     strides = {}
@@ -173,7 +201,7 @@ def _strides(prepared: Prepared, tensors: Sequence[str], sample: Batch, subsampl
         stride = stride_for(row, subsample)
         lo, hi = (float(value.min()), float(value.max())) if value.size else (math.inf, -math.inf)
         hists[t] = _update(hists[t], t, _rows(value, stride), lo, hi, sample)
-        strides[t] = (stride, row > EXPOSE_ROW)
+        strides[t] = (stride, row)
     return strides, footprint
 
 
@@ -186,7 +214,7 @@ def _chunks(batch: Batch, size: int | None) -> list[Batch]:
 
 
 def _static_plan(prepared: Prepared, tensors: Sequence[str], sample: Batch,
-                 subsample: int) -> tuple[dict[str, tuple[int, bool]], int] | None:
+                 subsample: int) -> tuple[dict[str, tuple[int, int]], int] | None:
     """The plan of ``_strides`` from ONNX shape inference with the inputs fixed to one sample's
     shapes (no run needed), or None when some observed tensor's shape stays unknown."""
     model = onnx.ModelProto()
@@ -213,7 +241,7 @@ def _static_plan(prepared: Prepared, tensors: Sequence[str], sample: Batch,
     for t in tensors:
         size = int(np.prod(shapes[t], dtype=np.int64))
         row = size // shapes[t][0] if shapes[t] else 1
-        plan[t] = (stride_for(row, subsample), row > EXPOSE_ROW)
+        plan[t] = (stride_for(row, subsample), row)
         footprint += 4 * size
     return plan, footprint
 

@@ -110,6 +110,9 @@ def scale_groups(index: GraphIndex, structure: Structure, enabled: set[str],
                 elif index.is_float(name):
                     needed.add(name)
                     join(outs[0], name)
+            activations = [n for n in node.input if n not in index.initializers]
+            if activations and all(index.is_float(n) for n in activations):
+                copies.add(outs[0])  # its values are its inputs' values: nothing new to observe
         else:
             data = node.input[0]
             needed.add(data)
