@@ -13,7 +13,9 @@ task metric within 0.5 point of ORT's, bit-identical re-runs and batch sizes, si
 per sample <= 5x ORT's.  Times are interleaved batch by batch, so machine load hits both alike.
 "local" is every integer kernel fed ORT's own input codes (ptq simulate --per-layer): where it is
 ~100 % while the output codes drift, the drift is rare one-code rounding differences carried
-and amplified through the network, not a different arithmetic.
+and amplified through the network, not a different arithmetic.  "ORT fused vs unfused" measures the same spread between two
+correct runtimes: ONNX Runtime with its default optimizations (QLinear kernels) against the same
+QDQ model run node by node (QuantizeLinear, DequantizeLinear, float operators).
 """
 
 from __future__ import annotations
@@ -124,6 +126,43 @@ def _speed(prepared, table, files, batch_size, repeats: int = 3, max_batches: in
     return {k: 1e3 * v / max(samples, 1) for k, v in total.items()}
 
 
+def _runtime_spread(prepared, table, files, batch_size) -> dict[str, float]:
+    """How far ONNX Runtime is from itself: the output codes of the QDQ model with every graph
+    optimization (fused QLinear kernels, the default) against the same model with none (each
+    QuantizeLinear/DequantizeLinear run as written, the operators in float), and the simulator
+    against the latter.  Both runtimes are correct; where they disagree, the 99 % target measures
+    how a network amplifies one-code rounding differences, not the simulator's arithmetic."""
+    import onnxruntime as ort
+
+    from ptqcli.export_qdq import export
+    from ptqcli.sim.compare import ELEM, Codes, _code_tensors, _with_outputs, output_code_tensors
+
+    names = list(dict.fromkeys(n for v in output_code_tensors(build(prepared, table)).values() for n in v))
+    program = build(prepared, table, keep=names)
+    qdq = export(prepared, table)
+    code_names = _code_tensors(qdq, names)
+    if not code_names:
+        return {}
+    probe = _with_outputs(qdq, {c: ELEM[program.params[t].dtype] for t, c in code_names.items()}).SerializeToString()
+    sessions = {}
+    for key, level in (("fused", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+                       ("unfused", ort.GraphOptimizationLevel.ORT_DISABLE_ALL)):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.graph_optimization_level = level
+        sessions[key] = ort.InferenceSession(probe, options, providers=["CPUExecutionProvider"])
+    fetch = list(code_names.values())
+    pairs = {"fused_vs_unfused": Codes(), "sim_vs_unfused": Codes(), "sim_vs_fused": Codes()}
+    for batch in batches(files, prepared.inputs, batch_size=batch_size):
+        got = {k: dict(zip(fetch, s.run(fetch, batch.feeds))) for k, s in sessions.items()}
+        sim = run(program, batch.feeds, keep=list(code_names)).tensors
+        for t, c in code_names.items():
+            pairs["fused_vs_unfused"] = pairs["fused_vs_unfused"].add(got["fused"][c], got["unfused"][c])
+            pairs["sim_vs_unfused"] = pairs["sim_vs_unfused"].add(sim[t].codes, got["unfused"][c])
+            pairs["sim_vs_fused"] = pairs["sim_vs_fused"].add(sim[t].codes, got["fused"][c])
+    return {k: v.within1_fraction for k, v in pairs.items()}
+
+
 def _deterministic(prepared, table, files) -> bool:
     """Same outputs, bit for bit, on a re-run and with batch sizes 1 and all."""
     program = build(prepared, table)
@@ -175,6 +214,7 @@ def bench_case(model: pathlib.Path, table_spec: str, data: pathlib.Path, task: s
         scores = _task_metrics(task, prepared, table, files, batch_size)
         key = next(iter(scores["ort"]))
         row["metric"] = {"name": key, "ort": scores["ort"][key], "sim": scores["sim"][key]}
+    row["runtime_within_1"] = _runtime_spread(prepared, table, files, batch_size)
     row["deterministic"] = _deterministic(prepared, table, files)
     row["ms_per_sample_single_pass"] = row["ms_per_sample"]
     row["ms_per_sample"] = per = _speed(prepared, table, files, batch_size)
@@ -205,7 +245,8 @@ def _pct(x: float | None) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ("model", "samples", "codes=ORT %", "within 1 %", "local = % (all / worst layer)", "metric ORT",
+    head = ("model", "samples", "codes=ORT %", "within 1 %", "ORT fused vs unfused within 1 %",
+            "sim vs ORT unfused within 1 %", "local = % (all / worst layer)", "metric ORT",
             "metric sim", "re-run/batch",
             "ms/sample sim", "ms/sample ORT", "ratio", "fallbacks", "targets")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
@@ -214,6 +255,7 @@ def print_table(rows: list[dict]) -> None:
         failed = [k for k, ok in r["targets"].items() if not ok]
         lines.append(" | ".join(str(v) for v in (
             r["model"], r["samples"], _pct(r["output_codes_equal"]), _pct(r["output_codes_within_1"]),
+            _pct(r["runtime_within_1"].get("fused_vs_unfused")), _pct(r["runtime_within_1"].get("sim_vs_unfused")),
             f"{_pct(r['local_equal_all'])} / {_pct(r['local_equal_min'])}",
             f"{m['name']} {_pct(m['ort'])}" if m else "-", _pct(m["sim"]) if m else "-",
             "identical" if r["deterministic"] else "DIFFERENT",
