@@ -32,7 +32,8 @@ ELEMENTWISE = {
     "ThresholdedRelu",
 }
 
-#: Operators with a quantized data input 0 and a quantized output of their own scale.
+#: Operators with a quantized data input 0 and a quantized output of their own scale
+#: (a nearest-neighbour Resize only copies values, so it passes its input's scale through instead).
 REQUANTIZING = {
     "AveragePool", "GlobalAveragePool", "LayerNormalization", "ReduceMean", "Resize", "Softmax",
 }

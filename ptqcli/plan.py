@@ -8,9 +8,10 @@ The prepared graph is cut into *groups*, each one integer operation as hardware 
   fused Relu/Clip;
 - ``lut``: a connected set of elementwise operators that is a function of a single input tensor
   (HardSwish, SiLU, GELU written as Erf, ...), evaluated from a table over the input codes;
-- ``requantize``: pooling, Resize, ReduceMean, Softmax, LayerNormalization: input 0 and output.
+- ``requantize``: pooling, linear Resize, ReduceMean, Softmax, LayerNormalization: input 0 and
+  output.
 
-Pass-through operators (Reshape, Transpose, MaxPool, Slice, ...) give their output the scale of
+Pass-through operators (Reshape, Transpose, MaxPool, Slice, nearest Resize, ...) give their output the scale of
 their input, and a Concat gives one scale to its inputs and output: such tensors are joined into
 one *scale group* (union-find) whose range comes from the merged histograms of its members.
 
@@ -225,8 +226,15 @@ def _requantize_group(index: GraphIndex, node: onnx.NodeProto) -> Group | None:
     return Group(node.name, "requantize", (node.name,), (data,), (node.output[0],))
 
 
+def _nearest_resize(node: onnx.NodeProto) -> bool:
+    """A nearest-neighbour Resize: every output value is one of its input's values."""
+    mode = attr(node, "mode", b"nearest")
+    return node.op_type == "Resize" and (mode.decode() if isinstance(mode, bytes) else mode) == "nearest"
+
+
 def _is_passthrough(index: GraphIndex, node: onnx.NodeProto) -> bool:
-    if node.op_type not in ops.PASS_THROUGH or not node.input or node.input[0] in index.initializers:
+    if not (node.op_type in ops.PASS_THROUGH or _nearest_resize(node)) or not node.input \
+            or node.input[0] in index.initializers:
         return False
     if not index.is_float(node.input[0]):
         return False
@@ -264,7 +272,7 @@ def analyse(index: GraphIndex) -> Structure:
     for node in binaries:
         add(_binary_group(index, node, taken))
     for node in index.nodes:
-        if node.name not in taken and node.op_type in ops.REQUANTIZING:
+        if node.name not in taken and node.op_type in ops.REQUANTIZING and not _nearest_resize(node):
             add(_requantize_group(index, node))
     passthrough = tuple(n.name for n in index.nodes if n.name not in taken and _is_passthrough(index, n))
     concats = tuple(n.name for n in index.nodes if n.name not in taken and n.op_type in ops.CONCAT

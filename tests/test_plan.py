@@ -74,6 +74,26 @@ def test_matmul_bias_two_activation_matmul_silu_and_relu_after_add(tmp_path, rng
     assert (mm.weight, mm.weight_axis, mm.bias) == ("w", 1, "b")
 
 
+def test_nearest_resize_passes_its_scale_through_and_linear_requantizes(tmp_path, rng):
+    f32 = np.float32
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Resize", ["c", "", "scales"], ["near"], name="near", mode="nearest"),
+             helper.make_node("Resize", ["c", "", "scales"], ["lin"], name="lin", mode="linear"),
+             helper.make_node("Concat", ["near", "lin"], ["cat"], name="cat", axis=1),
+             helper.make_node("Conv", ["cat", "w2"], ["y"], name="conv2")]
+    m = make_model(nodes, [float_input("x", ["N", 2, 4, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 8, 8])],
+                   [("w", rng.normal(size=(3, 2, 1, 1)).astype(f32)), ("w2", rng.normal(size=(2, 6, 1, 1)).astype(f32)),
+                    ("scales", np.array([1, 1, 2, 2], f32))])
+    prepared = prepare(save(m, tmp_path / "resize.onnx"))
+    structure = analyse(prepared.index)
+    assert "near" in structure.passthrough
+    assert groups_of(prepared)["lin"] == ("requantize", ("lin",), ("c",), ("lin",))
+    sg = scale_groups(prepared.index, structure, {g.anchor for g in structure.groups})
+    assert sg.root["near"] == sg.root["c"] == sg.root["lin"] == sg.root["cat"]
+    observed = observed_tensors(prepared.index, structure)
+    assert "near" not in observed and "cat" not in observed and {"c", "lin"} <= set(observed)
+
+
 def test_exclusion_int16_and_option_errors(conv_prepared):
     d = decide(conv_prepared, CalibrationOptions(exclude=("Gemm", "add"), int16=("conv3",)))
     assert "fc" not in d.precision and "add" not in d.precision

@@ -293,6 +293,16 @@ def test_resize(tmp_path, rng, mode, coord, nearest, scales):
           min_equal=0.98)
 
 
+def test_nearest_resize_outside_a_group_moves_codes(tmp_path, rng):
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="resize", mode="nearest",
+                            coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    m = model([node], [("x", ["N", 2, 6, 5])], [("y", None)], [("scales", np.array([1, 1, 2, 3], f32))])
+    x = rng.normal(0, 1, (2, 2, 6, 5)).astype(f32)
+    q = act(4 / 255, 127)
+    got, _, _ = check(tmp_path, m, {"x": q, "y": q}, {}, {"x": x}, ["y"], moves=("resize",), min_equal=1.0)
+    assert got.fallbacks == ()
+
+
 @pytest.mark.parametrize("axis, dtype", [(-1, "uint8"), (1, "int8"), (-1, "int16")])
 def test_softmax(tmp_path, rng, axis, dtype):
     m = model([helper.make_node("Softmax", ["x"], ["y"], name="sm", axis=axis)], [("x", ["N", 7, 9])], [("y", None)])

@@ -60,4 +60,5 @@ MOVE_KERNELS = {
     "Pad": movement.pad,
     "ReduceMax": pool.reduce_max,
     "ReduceMin": pool.reduce_min,
+    "Resize": resize.resize_move,  # nearest only: a linear Resize is a requantize group
 }

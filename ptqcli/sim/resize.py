@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from ptqcli.graph import attr
+from ptqcli.qparams import QuantParams
 from ptqcli.scale_table import GroupEntry
 from ptqcli.sim.base import Context, Log, NoKernel, scalar
 from ptqcli.sim.fixed import multiplier, saturate, span
@@ -137,7 +138,18 @@ class ResizeKernel:
 
 
 def resize(ctx: Context, group: GroupEntry) -> ResizeKernel:
+    """A Resize of a requantize group (its output has parameters of its own)."""
     node = ctx.node(group.nodes[0])
+    where = f"node {node.name!r}"
+    return _kernel(node, ctx.activation(group.inputs[0], where), ctx.activation(group.outputs[0], where))
+
+
+def resize_move(ctx: Context, node: onnx.NodeProto, params: QuantParams) -> ResizeKernel:
+    """A nearest Resize outside any group: a pass-through that moves codes at its input's scale."""
+    return _kernel(node, params, params)
+
+
+def _kernel(node: onnx.NodeProto, pin: QuantParams, pout: QuantParams) -> ResizeKernel:
     where = f"node {node.name!r}"
     mode = _text(node, "mode", "nearest")
     coord = _text(node, "coordinate_transformation_mode", "half_pixel")
@@ -151,8 +163,6 @@ def resize(ctx: Context, group: GroupEntry) -> ResizeKernel:
         raise NoKernel(f"{where}: keep_aspect_ratio_policy")
     if mode == "linear" and attr(node, "exclude_outside", 0):
         raise NoKernel(f"{where}: exclude_outside")
-    pin = ctx.activation(group.inputs[0], where)
-    pout = ctx.activation(group.outputs[0], where)
     (s_x, zp_x), (s_y, zp_y) = scalar(pin), scalar(pout)
     axes = attr(node, "axes")
     same = pin == pout
