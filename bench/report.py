@@ -94,7 +94,7 @@ def targets(name: str, t: dict, cfg: dict) -> list[str]:
     tol = TOLERANCE.get(name, 0.005)
     if ok(DEFAULT_METHOD) and float_value is not None:
         value = v[DEFAULT_METHOD]["quant"][metric]
-        line((best_ort is None or value >= best_ort) and value >= float_value - tol,
+        line((best_ort is None or value >= best_ort) and value >= float_value - tol - 1e-9,  # 0.995 vs 1 - 0.005
              f"{metric} of {DEFAULT_METHOD} (default) {value:.4f}; float {float_value:.4f} (needs >= "
              f"{float_value - tol:.4f}); best ORT {_num(best_ort, 4)}")
         sq = v[DEFAULT_METHOD]["sqnr_db"]
