@@ -116,6 +116,14 @@ def attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+def text_attr(node: onnx.NodeProto, name: str, default: str) -> str:
+    """A string attribute (ONNX stores bytes) as text, or ``default``."""
+    value = attr(node, name)
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def input_specs(model: onnx.ModelProto) -> tuple[InputSpec, ...]:
     """The model's real inputs (graph inputs that are not initializers)."""
     inits = {t.name for t in model.graph.initializer}

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 
 from ptqcli import ops
-from ptqcli.graph import GraphIndex, attr
+from ptqcli.graph import GraphIndex, attr, text_attr
 
 
 @dataclass(frozen=True)
@@ -228,8 +228,7 @@ def _requantize_group(index: GraphIndex, node: onnx.NodeProto) -> Group | None:
 
 def _nearest_resize(node: onnx.NodeProto) -> bool:
     """A nearest-neighbour Resize: every output value is one of its input's values."""
-    mode = attr(node, "mode", b"nearest")
-    return node.op_type == "Resize" and (mode.decode() if isinstance(mode, bytes) else mode) == "nearest"
+    return node.op_type == "Resize" and text_attr(node, "mode", "nearest") == "nearest"
 
 
 def _is_passthrough(index: GraphIndex, node: onnx.NodeProto) -> bool:
@@ -238,7 +237,7 @@ def _is_passthrough(index: GraphIndex, node: onnx.NodeProto) -> bool:
         return False
     if not index.is_float(node.input[0]):
         return False
-    if node.op_type == "Pad" and (attr(node, "mode", b"constant") in (b"constant", "constant")):
+    if node.op_type == "Pad" and text_attr(node, "mode", "constant") == "constant":
         value = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if value is not None and (value not in index.initializers or np.any(index.array(value) != 0)):
             return False

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ptqcli.graph import attr
+from ptqcli.graph import attr, text_attr
 from ptqcli.qparams import LIMITS, QuantParams, quantize, quantize_bias
 from ptqcli.scale_table import GroupEntry
 from ptqcli.sim import window
@@ -229,8 +229,7 @@ class ConvTransposeKernel:
 def _transpose_pads(node, full: tuple[int, ...], nk: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Begin/end crop of the full ConvTranspose output (ONNX: ``pads``, ``output_shape``, auto_pad)."""
     shape = attr(node, "output_shape")
-    auto_pad = attr(node, "auto_pad", b"NOTSET")
-    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    auto_pad = text_attr(node, "auto_pad", "NOTSET")
     if shape is None and auto_pad in ("NOTSET", "VALID"):
         pads = list(attr(node, "pads", [0] * (2 * nk)))
         return tuple(pads[:nk]), tuple(pads[nk:])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ptqcli.graph import attr
+from ptqcli.graph import attr, text_attr
 from ptqcli.qparams import quantize
 from ptqcli.sim.base import Context, Log, NoKernel
 
@@ -129,8 +129,7 @@ def depth_to_space(node, inputs):
     x = inputs[0]
     b = int(attr(node, "blocksize"))
     n, c, h, w = x.shape
-    mode = attr(node, "mode", b"DCR")
-    if mode in (b"DCR", "DCR"):
+    if text_attr(node, "mode", "DCR") == "DCR":
         y = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
     else:
         y = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
@@ -169,8 +168,7 @@ class PadKernel:
 
 
 def pad(ctx: Context, node: onnx.NodeProto, params) -> PadKernel:
-    mode = attr(node, "mode", b"constant")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = text_attr(node, "mode", "constant")
     if mode not in ("constant", "reflect", "edge", "wrap"):
         raise NoKernel(f"node {node.name!r}: Pad mode {mode!r}")
     fill = 0.0

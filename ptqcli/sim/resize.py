@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ptqcli.graph import attr
+from ptqcli.graph import attr, text_attr
 from ptqcli.qparams import QuantParams
 from ptqcli.scale_table import GroupEntry
 from ptqcli.sim.base import Context, Log, NoKernel, scalar
@@ -29,11 +29,6 @@ from ptqcli.sim.fixed import multiplier, saturate, span
 
 WEIGHT_BITS = 15
 MODES = {"half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric"}
-
-
-def _text(node: onnx.NodeProto, name: str, default: str) -> str:
-    v = attr(node, name, default)
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def source_coords(mode: str, length_in: int, length_out: int, scale: float) -> np.ndarray:
@@ -151,21 +146,21 @@ def resize_move(ctx: Context, node: onnx.NodeProto, params: QuantParams) -> Resi
 
 def _kernel(node: onnx.NodeProto, pin: QuantParams, pout: QuantParams) -> ResizeKernel:
     where = f"node {node.name!r}"
-    mode = _text(node, "mode", "nearest")
-    coord = _text(node, "coordinate_transformation_mode", "half_pixel")
+    mode = text_attr(node, "mode", "nearest")
+    coord = text_attr(node, "coordinate_transformation_mode", "half_pixel")
     if mode not in ("nearest", "linear"):
         raise NoKernel(f"{where}: Resize mode {mode!r}")
     if coord not in MODES:
         raise NoKernel(f"{where}: coordinate_transformation_mode {coord!r}")
     if attr(node, "antialias", 0):
         raise NoKernel(f"{where}: antialias")
-    if _text(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+    if text_attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
         raise NoKernel(f"{where}: keep_aspect_ratio_policy")
     if mode == "linear" and attr(node, "exclude_outside", 0):
         raise NoKernel(f"{where}: exclude_outside")
     (s_x, zp_x), (s_y, zp_y) = scalar(pin), scalar(pout)
     axes = attr(node, "axes")
     same = pin == pout
-    return ResizeKernel(node, mode == "linear", coord, _text(node, "nearest_mode", "round_prefer_floor"),
+    return ResizeKernel(node, mode == "linear", coord, text_attr(node, "nearest_mode", "round_prefer_floor"),
                         tuple(axes) if axes is not None else None, (zp_x, zp_y), s_x / s_y, same,
                         span(pin.dtype, zp_x), pout.dtype)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from ptqcli.errors import UnsupportedError
-from ptqcli.graph import attr
+from ptqcli.graph import attr, text_attr
 
 
 @dataclass(frozen=True)
@@ -36,19 +36,13 @@ class Geometry:
             spatial, self.begin, self.end, extra, self.kernel, self.strides, self.dilations))
 
 
-def _text(value, default: str) -> str:
-    if value is None:
-        return default
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def geometry(node: onnx.NodeProto, spatial: tuple[int, ...], kernel: tuple[int, ...], *,
              pooling: bool = False) -> Geometry:
     """The window geometry of ``node`` for an input of ``spatial`` size and a ``kernel``."""
     k = len(kernel)
     strides = tuple(attr(node, "strides", [1] * k))
     dilations = tuple(attr(node, "dilations", [1] * k))
-    auto_pad = _text(attr(node, "auto_pad"), "NOTSET")
+    auto_pad = text_attr(node, "auto_pad", "NOTSET")
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         out = [-(-n // s) for n, s in zip(spatial, strides)]
         total = [max((o - 1) * s + d * (kk - 1) + 1 - n, 0)
