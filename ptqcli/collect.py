@@ -41,7 +41,6 @@ BATCH_BYTES = 1 << 24
 FLUSH_VALUES = 1 << 16
 
 
-
 @dataclass(frozen=True)
 class _Probe:
     """Where one tensor's statistics come from in the lean model."""
@@ -102,7 +101,7 @@ def lean_model(prepared: Prepared, plan: dict[str, tuple[int, int]]) -> tuple[on
         helper.make_tensor("ptq::one", TensorProto.INT64, [1], [1]),
         helper.make_tensor("ptq::last", TensorProto.INT64, [1], [-1]),
     ])
-    ranks = _ranks(model)
+    shapes = prepared.index.shape
     probes = []
     for i, (t, (k, row)) in enumerate(plan.items()):
         if row <= EXPOSE_ROW:
@@ -112,7 +111,7 @@ def lean_model(prepared: Prepared, plan: dict[str, tuple[int, int]]) -> tuple[on
         probe = _Probe(t, k, f"{p}::min", f"{p}::max", f"{p}::values")
         graph.initializer.append(helper.make_tensor(f"{p}::stride", TensorProto.INT64, [1], [k]))
         for op, out in (("ReduceMin", probe.minimum), ("ReduceMax", probe.maximum)):
-            if ranks.get(t, 0) >= 2:
+            if len(shapes.get(t, ())) >= 2:
                 _extreme(graph, op, t, f"{out}::rows", -1, version)
                 _extreme(graph, op, f"{out}::rows", out, None, version)
             else:
@@ -126,14 +125,6 @@ def lean_model(prepared: Prepared, plan: dict[str, tuple[int, int]]) -> tuple[on
                             for n in (probe.minimum, probe.maximum, probe.values))
         probes.append(probe)
     return model, probes
-
-
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Tensor ranks that ONNX shape inference states (unknown ranks are left out)."""
-    graph = model.graph
-    return {vi.name: len(vi.type.tensor_type.shape.dim)
-            for vi in itertools.chain(graph.input, graph.value_info, graph.output)
-            if vi.type.tensor_type.HasField("shape")}
 
 
 def _rows(value: np.ndarray, stride: int) -> np.ndarray:
