@@ -137,8 +137,9 @@ def _runtime_spread(prepared, table, files, batch_size) -> dict[str, float]:
     from ptqcli.export_qdq import export
     from ptqcli.sim.compare import ELEM, Codes, _code_tensors, _with_outputs, output_code_tensors
 
-    names = list(dict.fromkeys(n for v in output_code_tensors(build(prepared, table)).values() for n in v))
-    program = build(prepared, table, keep=names)
+    acts = [n for n, e in table.tensors.items() if e.role == "activation"]
+    program = build(prepared, table, keep=acts)  # keeping codes alive costs memory, not time
+    names = list(dict.fromkeys(n for v in output_code_tensors(program).values() for n in v))
     qdq = export(prepared, table)
     code_names = _code_tensors(qdq, names)
     if not code_names:
