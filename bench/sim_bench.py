@@ -4,13 +4,16 @@ task metric, determinism and speed, one row per model, all measured in one run.
     python bench/sim_bench.py                                  # the bundled digits models
     python bench/sim_bench.py MODEL:TABLE:DATA[:TASK] ...      # any models
     python bench/sim_bench.py --task cls --task rec ...        # bench/cache tasks (ptq calibrate first)
+    python bench/sim_bench.py --requant fp32 ...               # one arithmetic (default: both)
 
 ``TABLE`` may be ``calibrate=DIR``: the table is made by ``ptq calibrate`` on the samples in DIR
 (default options) into ``bench/work/sim/``.  ``TASK`` (cls, rec, det, magika) scores decoded
 outputs with ``bench.evaluate.Decoder``; without it, a ``labels.csv`` of integer classes in DATA
 gives top-1 accuracy.  Targets (printed as PASS/FAIL): >= 99 % of output codes within 1 of ORT,
 task metric within 0.5 point of ORT's, bit-identical re-runs and batch sizes, simulator time
-per sample <= 5x ORT's.  Times are interleaved batch by batch, so machine load hits both alike.
+per sample <= 5x ORT's.  Every model is run with each requantization arithmetic asked for:
+``fixed`` (int32 multiplier and shift, integer hardware) and ``fp32`` (float32 factors, as
+ONNX Runtime's CPU kernels apply them).  Times are interleaved batch by batch, so machine load hits both alike.
 "local" is every integer kernel fed ORT's own input codes (ptq simulate --per-layer): where it is
 ~100 % while the output codes drift, the drift is rare one-code rounding differences carried
 and amplified through the network, not a different arithmetic.  "ORT fused vs unfused" measures the same spread between two
@@ -39,6 +42,7 @@ from ptqcli.evaluate import read_labels  # noqa: E402
 from ptqcli.graph import prepare  # noqa: E402
 from ptqcli.sim import build, run  # noqa: E402
 from ptqcli.sim.compare import compare  # noqa: E402
+from ptqcli.sim.fixed import REQUANT  # noqa: E402
 
 WORK = ROOT / "bench" / "work" / "sim"
 SAMPLES = ROOT / "sample_models"
@@ -73,7 +77,7 @@ def _int_labels(data: pathlib.Path) -> dict[str, int] | None:
         return None
 
 
-def _task_metrics(task: str, prepared, table, files, batch_size) -> dict[str, dict[str, float]]:
+def _task_metrics(task: str, prepared, table, files, batch_size, requant) -> dict[str, dict[str, float]]:
     """Decode the first output of ORT QDQ and of the simulator per sample and score both."""
     import onnxruntime as ort
 
@@ -82,7 +86,7 @@ def _task_metrics(task: str, prepared, table, files, batch_size) -> dict[str, di
 
     decoder = Decoder(task, files[0].parent)
     session = ort.InferenceSession(export(prepared, table).SerializeToString(), providers=["CPUExecutionProvider"])
-    program = build(prepared, table)
+    program = build(prepared, table, requant=requant)
     name = prepared.index.output_names[0]
     got: dict[str, list] = {"ort": [], "sim": []}
     for batch in batches(files, prepared.inputs, batch_size=batch_size):
@@ -94,7 +98,7 @@ def _task_metrics(task: str, prepared, table, files, batch_size) -> dict[str, di
     return {k: decoder.score(v, list(files)) for k, v in got.items()}
 
 
-def _speed(prepared, table, files, batch_size, repeats: int = 3, max_batches: int = 8) -> dict[str, float]:
+def _speed(prepared, table, files, batch_size, requant, repeats: int = 3, max_batches: int = 8) -> dict[str, float]:
     """Milliseconds per sample of the QDQ model in ONNX Runtime and of the simulator: each batch
     run ``repeats`` times by both, interleaved, keeping each one's fastest (the machine's other
     load only ever adds time)."""
@@ -106,7 +110,7 @@ def _speed(prepared, table, files, batch_size, repeats: int = 3, max_batches: in
     options.log_severity_level = 3
     session = ort.InferenceSession(export(prepared, table).SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
-    program = build(prepared, table)
+    program = build(prepared, table, requant=requant)
     total = {"ort": 0.0, "sim": 0.0}
     samples = 0
     for i, batch in enumerate(batches(files, prepared.inputs, batch_size=batch_size)):
@@ -126,7 +130,7 @@ def _speed(prepared, table, files, batch_size, repeats: int = 3, max_batches: in
     return {k: 1e3 * v / max(samples, 1) for k, v in total.items()}
 
 
-def _runtime_spread(prepared, table, files, batch_size) -> dict[str, float]:
+def _runtime_spread(prepared, table, files, batch_size, requant) -> dict[str, float]:
     """How far ONNX Runtime is from itself: the output codes of the QDQ model with every graph
     optimization (fused QLinear kernels, the default) against the same model with none (each
     QuantizeLinear/DequantizeLinear run as written, the operators in float), and the simulator
@@ -138,7 +142,7 @@ def _runtime_spread(prepared, table, files, batch_size) -> dict[str, float]:
     from ptqcli.sim.compare import ELEM, Codes, _code_tensors, _with_outputs, output_code_tensors
 
     acts = [n for n, e in table.tensors.items() if e.role == "activation"]
-    program = build(prepared, table, keep=acts)  # keeping codes alive costs memory, not time
+    program = build(prepared, table, keep=acts, requant=requant)  # keeping codes alive costs memory, not time
     names = list(dict.fromkeys(n for v in output_code_tensors(program).values() for n in v))
     qdq = export(prepared, table)
     code_names = _code_tensors(qdq, names)
@@ -164,9 +168,9 @@ def _runtime_spread(prepared, table, files, batch_size) -> dict[str, float]:
     return {k: v.within1_fraction for k, v in pairs.items()}
 
 
-def _deterministic(prepared, table, files) -> bool:
+def _deterministic(prepared, table, files, requant) -> bool:
     """Same outputs, bit for bit, on a re-run and with batch sizes 1 and all."""
-    program = build(prepared, table)
+    program = build(prepared, table, requant=requant)
     files = files[:6]
 
     def outputs(size):  # per sample (samples of different shapes are never stacked)
@@ -182,17 +186,17 @@ def _deterministic(prepared, table, files) -> bool:
 
 
 def bench_case(model: pathlib.Path, table_spec: str, data: pathlib.Path, task: str | None, *,
-               batch_size: int | None, limit: int | None) -> dict:
+               batch_size: int | None, limit: int | None, requant: str = "fixed") -> dict:
     start = time.perf_counter()
     table_path = _table(model, table_spec, limit)
     prepared = prepare(model)
     table = scale_table.load(table_path)
     files = list_samples(data, limit=limit)
     labels = None if task else _int_labels(data)
-    result = compare(prepared, table, files, batch_size=batch_size, labels=labels, per_layer=True)
+    result = compare(prepared, table, files, batch_size=batch_size, labels=labels, per_layer=True, requant=requant)
     local = [t.local for t in result.layers if t.local is not None and t.local.count]
     row = {
-        "model": model.name, "table": str(table_path), "samples": result.samples,
+        "model": model.name, "requant": requant, "table": str(table_path), "samples": result.samples,
         "output_codes_within_1": result.output_codes_within1,
         "output_codes_equal": _equal(result),
         "top1_sim_vs_ort": result.top1.get("sim_vs_ort"),
@@ -212,13 +216,13 @@ def bench_case(model: pathlib.Path, table_spec: str, data: pathlib.Path, task: s
         row["metric"] = {"name": "accuracy", "ort": result.accuracy["ort"], "sim": result.accuracy["sim"],
                          "float": result.accuracy["float"]}
     if task:
-        scores = _task_metrics(task, prepared, table, files, batch_size)
+        scores = _task_metrics(task, prepared, table, files, batch_size, requant)
         key = next(iter(scores["ort"]))
         row["metric"] = {"name": key, "ort": scores["ort"][key], "sim": scores["sim"][key]}
-    row["runtime_within_1"] = _runtime_spread(prepared, table, files, batch_size)
-    row["deterministic"] = _deterministic(prepared, table, files)
+    row["runtime_within_1"] = _runtime_spread(prepared, table, files, batch_size, requant)
+    row["deterministic"] = _deterministic(prepared, table, files, requant)
     row["ms_per_sample_single_pass"] = row["ms_per_sample"]
-    row["ms_per_sample"] = per = _speed(prepared, table, files, batch_size)
+    row["ms_per_sample"] = per = _speed(prepared, table, files, batch_size, requant)
     row["speed_ratio"] = per["sim"] / per["ort"] if per["ort"] else None
     row["threads"] = {"OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
                       "ORT intra-op": "default"}
@@ -246,7 +250,7 @@ def _pct(x: float | None) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ("model", "samples", "codes=ORT %", "within 1 %", "ORT fused vs unfused within 1 %",
+    head = ("model", "requant", "samples", "codes=ORT %", "within 1 %", "ORT fused vs unfused within 1 %",
             "sim vs ORT unfused within 1 %", "local = % (all / worst layer)", "metric ORT",
             "metric sim", "re-run/batch",
             "ms/sample sim", "ms/sample ORT", "ratio", "fallbacks", "targets")
@@ -255,7 +259,7 @@ def print_table(rows: list[dict]) -> None:
         m = r.get("metric")
         failed = [k for k, ok in r["targets"].items() if not ok]
         lines.append(" | ".join(str(v) for v in (
-            r["model"], r["samples"], _pct(r["output_codes_equal"]), _pct(r["output_codes_within_1"]),
+            r["model"], r["requant"], r["samples"], _pct(r["output_codes_equal"]), _pct(r["output_codes_within_1"]),
             _pct(r["runtime_within_1"].get("fused_vs_unfused")), _pct(r["runtime_within_1"].get("sim_vs_unfused")),
             f"{_pct(r['local_equal_all'])} / {_pct(r['local_equal_min'])}",
             f"{m['name']} {_pct(m['ort'])}" if m else "-", _pct(m["sim"]) if m else "-",
@@ -273,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="a bench/cache task (cls, rec, det, magika): its model, calib and eval folders")
     parser.add_argument("--batch-size", type=int, default=None, help="samples per run (default: automatic)")
     parser.add_argument("--limit", type=int, default=None, help="first N samples of each folder")
+    parser.add_argument("--requant", action="append", choices=REQUANT, default=[],
+                        help="requantization arithmetic to run (repeatable; default: every one)")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write the rows here too")
     args = parser.parse_args(argv)
     cases = [_case(c) for c in args.cases]
@@ -286,13 +292,16 @@ def main(argv: list[str] | None = None) -> None:
         cases = [_case(c) for c in DIGITS]
     rows = []
     for model, table, data, task in cases:
-        print(f"{model.name}: ...", file=sys.stderr, flush=True)
-        rows.append(bench_case(model, table, data, task, batch_size=args.batch_size, limit=args.limit))
-        print(json.dumps(rows[-1], sort_keys=True), file=sys.stderr, flush=True)
+        for requant in args.requant or REQUANT:
+            print(f"{model.name} ({requant}): ...", file=sys.stderr, flush=True)
+            rows.append(bench_case(model, table, data, task, batch_size=args.batch_size, limit=args.limit,
+                                   requant=requant))
+            table = rows[-1]["table"]  # calibrated once per model
+            print(json.dumps(rows[-1], sort_keys=True), file=sys.stderr, flush=True)
     print_table(rows)
     for r in rows:
         if r["fallbacks"] or r["overflows"]:
-            print(f"\n{r['model']}: fallbacks {r['fallbacks']}; overflows {r['overflows']}")
+            print(f"\n{r['model']} ({r['requant']}): fallbacks {r['fallbacks']}; overflows {r['overflows']}")
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
 

@@ -112,11 +112,11 @@ def export(model: str | pathlib.Path, table: str | pathlib.Path, output: str | p
     return output
 
 
-def simulate(model, table, inputs, *, tensors=()):
+def simulate(model, table, inputs, *, tensors=(), requant="fixed"):
     """The NumPy integer simulator on one batch of ``inputs`` (see ``ptqcli.sim``)."""
     from ptqcli.sim import simulate as simulate_batch
 
-    return simulate_batch(model, table, inputs, tensors=tensors)
+    return simulate_batch(model, table, inputs, tensors=tensors, requant=requant)
 
 
 def sensitivity(model: str | pathlib.Path, table: str | pathlib.Path, data: str | pathlib.Path,

@@ -23,6 +23,7 @@ from ptqcli.calibrate import CalibrationOptions
 from ptqcli.dataset import ImageSpec
 from ptqcli.errors import PtqError
 from ptqcli.metrics import finite_or_none
+from ptqcli.sim.fixed import REQUANT
 
 
 class _Failure(click.ClickException):
@@ -270,9 +271,12 @@ def evaluate(float_model, quantized_model, data, labels, batch_size, limit, size
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
               help="CSV of 'file,label' rows: report top-1 accuracy of float, ORT QDQ and the simulator.")
 @click.option("--per-layer", is_flag=True, help="Compare every quantized tensor, not only the model outputs.")
+@click.option("--requant", type=click.Choice(REQUANT), default="fixed", show_default=True,
+              help="Requantization arithmetic: 'fixed' is an int32 multiplier and a rounding shift (integer "
+                   "hardware); 'fp32' is a float32 factor as ONNX Runtime's CPU kernels and XNNPACK apply it.")
 @_data_options
 @_reported
-def simulate(model, table_path, data, labels, per_layer, batch_size, limit, size, mean, std, layout, bgr,
+def simulate(model, table_path, data, labels, per_layer, requant, batch_size, limit, size, mean, std, layout, bgr,
              quiet, as_json) -> None:
     """Run MODEL quantized with --table in the NumPy integer simulator on --data; compare it with
     float and with ONNX Runtime running the exported QDQ model."""
@@ -280,7 +284,7 @@ def simulate(model, table_path, data, labels, per_layer, batch_size, limit, size
 
     options = _data(batch_size, limit, size, mean, std, layout, bgr)
     report = simulation_report(model, table_path, data, labels=labels, batch_size=options.batch_size,
-                               limit=options.limit, image=options.image, per_layer=per_layer,
+                               limit=options.limit, image=options.image, per_layer=per_layer, requant=requant,
                                progress=_progress("simulating", quiet or as_json))
     if as_json:
         _emit_json(report.as_json())

@@ -61,6 +61,8 @@ X_PARAMS = {  # input parameters: zero point at both extremes, mid, symmetric in
     (6, 1, [1, 1, 1, 1], [2, 2], 3, 6, 6, True, "int8"),     # depthwise
     (3, 1, [1, 1, 1, 1], [1, 1], 3, 3, 6, False, "mid"),     # depthwise, two outputs per channel
     (1, 1, [0, 0, 0, 0], [1, 1], 1, 8, 4, False, "int8"),    # pointwise
+    (1, 2, [2, 0, 1, 3], [1, 1], 3, 4, 6, False, "zp0"),     # stride 1: flattened rows, dilated
+    (4, 1, [2, 1, 0, 2], [1, 1], 5, 4, 4, True, "mid"),      # depthwise 5x5, stride 1
 ])
 def test_conv(tmp_path, rng, groups, dil, pads, strides, k, cin, cout, relu, xp):
     w = rng.normal(0, 0.3, (cout, cin // groups, k, k)).astype(f32)
@@ -79,6 +81,24 @@ def test_conv(tmp_path, rng, groups, dil, pads, strides, k, cin, cout, relu, xp)
     tensors = {"x": xq, out: yq, **weight_table(p, "w", 0, xq, "b", cout)}
     groups_ = {"conv": group("compute", [n.name for n in nodes], ["x"], [out], "w", "b")}
     check(tmp_path, m, tensors, groups_, {"x": x}, [out], roles={"w": "weight", "b": "bias"})
+
+
+def test_depthwise_blocks_give_the_whole_tensor_result(tmp_path, rng, monkeypatch):
+    """The depthwise accumulation in blocks of channels equals one pass over the tensor."""
+    from ptqcli.sim import compute
+
+    c = 6
+    w = rng.normal(0, 0.3, (c, 1, 3, 3)).astype(f32)
+    m = model([helper.make_node("Conv", ["x", "w"], ["y"], name="dw", group=c, pads=[1, 1, 1, 1])],
+              [("x", ["N", c, 20, 17])], [("y", None)], [("w", w)])
+    x = rng.normal(0, 1, (3, c, 20, 17)).astype(f32)
+    p = prepared(tmp_path, m)
+    xq = X_PARAMS["mid"]()
+    t = table(p, {"x": xq, "y": fit(float_run(m, {"x": x})[0]), **weight_table(p, "w", 0, xq)},
+              {"dw": group("compute", ["dw"], ["x"], ["y"], "w")}, roles={"w": "weight"})
+    whole = simulate(p, t, {"x": x}).tensors["y"].codes
+    monkeypatch.setattr(compute, "DEPTHWISE_BLOCK", 100)  # blocks of 1 channel, one sample each
+    np.testing.assert_array_equal(simulate(p, t, {"x": x}).tensors["y"].codes, whole)
 
 
 @pytest.mark.parametrize("groups, strides, pads, outpad", [(1, [2, 2], [0, 0, 0, 0], [0, 0]),

@@ -83,12 +83,13 @@ __all__ = ["Fallback", "Program", "SimOutputs", "SimTensor", "build", "run", "si
 
 
 def simulate(model: Prepared | str | os.PathLike, table: ScaleTable | str | os.PathLike,
-             inputs: Mapping[str, np.ndarray], *, tensors: Iterable[str] = ()) -> SimOutputs:
+             inputs: Mapping[str, np.ndarray], *, tensors: Iterable[str] = (), requant: str = "fixed") -> SimOutputs:
     """Simulate ``model`` quantized by ``table`` on one batch of ``inputs``.
 
     Returns the graph outputs and every tensor named in ``tensors``: integer codes (for
-    quantized tensors) and float32 values (dequantized codes, or the float result)."""
+    quantized tensors) and float32 values (dequantized codes, or the float result).
+    ``requant``: ``fixed`` (integer multiplier and shift) or ``fp32`` (float32 factor)."""
     prepared = model if isinstance(model, Prepared) else prepare(model)
     loaded = table if isinstance(table, ScaleTable) else load_table(table)
     tensors = tuple(tensors)
-    return run(build(prepared, loaded, keep=tensors), inputs, keep=tensors)
+    return run(build(prepared, loaded, keep=tensors, requant=requant), inputs, keep=tensors)

@@ -8,6 +8,7 @@ from input arrays to output arrays.  A builder that cannot express the node in i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ from ptqcli.errors import TableError
 from ptqcli.graph import GraphIndex, attr
 from ptqcli.qparams import LIMITS, NUMPY, QuantParams, quantize
 from ptqcli.scale_table import ScaleTable
-from ptqcli.sim.fixed import Multiplier, wrap_int32
+from ptqcli.sim.fixed import FLOAT64_EXACT, Float32Scale, Multiplier, wrap_int32
 
 
 class NoKernel(Exception):
@@ -27,13 +28,15 @@ class NoKernel(Exception):
 @dataclass(frozen=True)
 class Context:
     """Read-only lookups a builder needs: the prepared graph, the table, the default-domain
-    opset, and the model's opset imports and IR version (for cut-out float models)."""
+    opset, the model's opset imports and IR version (for cut-out float models), and the
+    requantization arithmetic (``fixed`` or ``fp32``, see :mod:`ptqcli.sim.fixed`)."""
 
     index: GraphIndex
     table: ScaleTable
     opset: int
     opset_imports: tuple[onnx.OperatorSetIdProto, ...]
     ir_version: int
+    requant: str = "fixed"
 
     def node(self, name: str) -> onnx.NodeProto:
         return self.index.node_by_name[name]
@@ -109,7 +112,7 @@ class Requant:
     ``bound`` is a static bound of ``|acc + bias|``.  Beyond int32 the sum is wrapped and the
     overflow logged (``check``)."""
 
-    mult: Multiplier
+    mult: Multiplier | Float32Scale
     bias: np.ndarray | None
     zero_point: int
     lo: int
@@ -119,12 +122,26 @@ class Requant:
     where: str
 
     def run(self, acc: np.ndarray, log: Log) -> np.ndarray:
-        if self.mult.scale is not None and not self.check:
-            # |acc + bias| * m < 2**53: acc * s + bias * s is the exact product in float64.
+        lo, hi = max(self.lo, LIMITS[self.dtype][0]), min(self.hi, LIMITS[self.dtype][1])
+        if isinstance(self.mult, Float32Scale) and not self.check:
+            # |acc + bias| < 2**53: the sum is exact in float64, then converted to float32;
+            # the rounded codes are small integers, exact in float32 for the clamp and the offset
+            total = acc if self.bias is None else np.add(acc, self.bias, dtype=np.float64)
+            y = self.mult.apply(total)
+            np.clip(y, lo - self.zero_point, hi - self.zero_point, out=y)
+            y += self.zero_point
+            return y.astype(NUMPY[self.dtype])
+        if isinstance(self.mult, Multiplier) and self.mult.scale is not None and not self.check:
+            # |acc + bias| * m < 2**53: acc * s + bias * s is the exact product in float64, and
+            # so is its sum with the zero point where the point's 2**shift multiple fits too.
             y = np.multiply(acc, self.mult.scale, dtype=np.float64)
-            if self.bias is not None:
-                y += self.bias * self.mult.scale
+            offset, folded = self._offset
+            if offset is not None:
+                y += offset
             np.rint(y, out=y)
+            if folded:
+                np.clip(y, lo, hi, out=y)
+                return y.astype(NUMPY[self.dtype])
         else:
             total = acc.astype(np.int64)
             if self.bias is not None:
@@ -134,7 +151,17 @@ class Requant:
                 if count:
                     log.overflows.append(Overflow(self.where, count, peak))
             y = self.mult.apply(total).astype(np.float64)
-        lo, hi = max(self.lo, LIMITS[self.dtype][0]), min(self.hi, LIMITS[self.dtype][1])
         np.clip(y, lo - self.zero_point, hi - self.zero_point, out=y)
         y += self.zero_point
         return y.astype(NUMPY[self.dtype])
+
+    @functools.cached_property
+    def _offset(self) -> tuple[np.ndarray | None, bool]:
+        """The addend of the exact float64 path, ``bias * s`` (or None), and whether the zero
+        point is folded into it: exact when ``bound * m + |zp| * 2**shift < 2**53``."""
+        m, shift = self.mult.m, self.mult.shift
+        folded = self.mult.bound * int(np.max(m)) + abs(self.zero_point) * 2 ** int(np.max(shift)) < FLOAT64_EXACT
+        offset = None if self.bias is None else self.bias * self.mult.scale
+        if folded and self.zero_point:
+            offset = (0.0 if offset is None else offset) + np.float64(self.zero_point)
+        return offset, folded

@@ -204,8 +204,9 @@ def _local(program: Program, code_names: dict[str, str], probed: dict[str, np.nd
 
 def compare(prepared: Prepared, table: ScaleTable, files: Sequence[pathlib.Path], *, batch_size: int | None = None,
             image: ImageSpec | None = None, labels: dict[str, int] | None = None, per_layer: bool = False,
-            progress: Callable[[int], None] | None = None) -> Comparison:
-    """Run float, QDQ (ONNX Runtime) and the simulator over ``files`` and compare them."""
+            requant: str = "fixed", progress: Callable[[int], None] | None = None) -> Comparison:
+    """Run float, QDQ (ONNX Runtime) and the simulator (with the ``requant`` arithmetic) over
+    ``files`` and compare them."""
     index = prepared.index
     order = {n.name: i for i, n in enumerate(index.nodes)}
     acts = sorted((n for n, e in table.tensors.items() if e.role == "activation"),
@@ -214,7 +215,7 @@ def compare(prepared: Prepared, table: ScaleTable, files: Sequence[pathlib.Path]
         missing = [f.name for f in files if f.name not in labels]
         if missing:
             raise DataError(f"no label for sample {missing[0]!r} (and {len(missing) - 1} more)")
-    program = build(prepared, table, keep=acts)  # keeping codes alive costs memory, not time
+    program = build(prepared, table, keep=acts, requant=requant)  # keeping codes alive costs memory, not time
     standing = output_code_tensors(program)
     inner = [t for t in acts if per_layer or any(t in v for v in standing.values())]
     outputs = list(index.output_names)

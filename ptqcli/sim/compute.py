@@ -14,6 +14,7 @@ used below 2**24, float64 below 2**53 and int64 matmul beyond (never reached by 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,7 @@ from ptqcli.qparams import LIMITS, QuantParams, quantize, quantize_bias
 from ptqcli.scale_table import GroupEntry
 from ptqcli.sim import window
 from ptqcli.sim.base import Context, Log, NoKernel, Overflow, Requant, clamp_bounds, scalar
-from ptqcli.sim.fixed import INT32_MAX, accumulator_dtype, multiplier, span, wrap_int32
+from ptqcli.sim.fixed import INT32_MAX, Float32Scale, accumulator_dtype, f32, multiplier, span, wrap_int32
 
 
 def _weight_codes(ctx: Context, name: str) -> tuple[np.ndarray, QuantParams]:
@@ -58,12 +59,13 @@ def _tail(ctx: Context, group: GroupEntry) -> tuple[str, ...]:
     return tuple(rest)
 
 
-def _epilogue(ctx: Context, group: GroupEntry, *, acc_bound: int, real: np.ndarray, bias: np.ndarray | None,
+def _epilogue(ctx: Context, group: GroupEntry, *, acc_bound: int, factors: tuple, bias: np.ndarray | None,
               shape: tuple[int, ...]):
-    """Requantization to the group's output with per-channel factors ``real`` (``s_x s_w``)
-    reshaped to ``shape``; ``bias`` (int64) is already shaped to broadcast against the
-    accumulator.  A group whose output the table leaves in float gets a :class:`FloatOut`."""
-    real = np.asarray(real, dtype=np.float64)
+    """Requantization to the group's output with the accumulator scale ``prod(factors)`` (``s_x``
+    and the per-channel ``s_w``, and Gemm's alpha when not 1) reshaped to ``shape``; ``bias``
+    (int64) is already shaped to broadcast against the accumulator.  A group whose output the
+    table leaves in float gets a :class:`FloatOut`."""
+    real = np.asarray(functools.reduce(np.multiply, [np.asarray(f, dtype=np.float64) for f in factors]))
     real = real.reshape(shape) if real.size > 1 else real.reshape(())
     bound = acc_bound + (int(np.abs(bias).max()) if bias is not None and bias.size else 0)
     if group.outputs[0] not in ctx.table.tensors:
@@ -71,7 +73,12 @@ def _epilogue(ctx: Context, group: GroupEntry, *, acc_bound: int, real: np.ndarr
     out = ctx.activation(group.outputs[0], f"group {group.nodes[0]!r}")
     s_y, zp_y = scalar(out)
     lo, hi = clamp_bounds(ctx, _tail(ctx, group), out)
-    mult = multiplier(real / s_y, min(bound, INT32_MAX + 1), where=f"node {group.nodes[0]!r}")
+    if ctx.requant == "fp32":  # ONNX Runtime: output_scale = x_scale * w_scale / y_scale (float)
+        steps = [x for f in factors for x in ("*", f)][1:] + ["/", s_y]
+        scale = f32(*steps)
+        mult = Float32Scale(scale.reshape(shape) if scale.size > 1 else scale.reshape(()))
+    else:
+        mult = multiplier(real / s_y, min(bound, INT32_MAX + 1), where=f"node {group.nodes[0]!r}")
     return Requant(mult, bias, zp_y, lo, hi, out.dtype, bound > INT32_MAX, group.nodes[0])
 
 
@@ -116,6 +123,10 @@ class FloatOut:
         return np.clip(y, lo, hi) if lo > -np.inf or hi < np.inf else y
 
 
+#: Values per block of the depthwise accumulation (32K float32: 128 KiB, about an L2 share).
+DEPTHWISE_BLOCK = 32768
+
+
 @dataclass(frozen=True)
 class ConvKernel:
     """Conv: ``weight`` ``[g, C_out/g, C_in/g * K]`` centered codes in ``dtype``."""
@@ -139,28 +150,44 @@ class ConvKernel:
         # zp_x * sum(q_w - zp_w) is already subtracted from the bias (gemmlowp's decomposition).
         if k == 1 and all(s == 1 for s in geo.strides) and not any(geo.begin + geo.end):
             cols = x.reshape(n, g, c // g, -1).astype(self.dtype)  # pointwise: its own im2col
-        else:
-            padded = window.pad(x, geo, self.x_zero)
-            if c == g and cout_g == 1:
-                return [self.epilogue.run(self._depthwise(padded, geo, (n, c) + out_sp), log)]
-            # im2col as [N, C, K, *out] on the narrow codes: one strided copy per tap
-            cols = np.empty((n, c, k) + out_sp, dtype=x.dtype)
-            for i, tap in enumerate(window.taps(padded, geo)):
-                cols[:, :, i] = tap
-            cols = cols.reshape(n, g, (c // g) * k, -1).astype(self.dtype)
-        acc = np.matmul(self.weight, cols)  # [N, g, C_out/g, P]: one GEMM per sample and group
-        return [self.epilogue.run(acc.reshape((n, g * cout_g) + out_sp), log)]
+            acc = np.matmul(self.weight, cols)  # [N, g, C_out/g, P]: one GEMM per sample and group
+            return [self.epilogue.run(acc.reshape((n, g * cout_g) + out_sp), log)]
+        flat = window.flat_windows(x, geo, self.x_zero, self.dtype)
+        if flat is not None:  # stride 1: contiguous taps over padded rows, cropped at the end
+            taps, tap_shape, finish = flat.taps, (n, c, flat.length), flat.crop
+        else:  # padded on the narrow codes and converted once; each tap a strided view
+            padded = window.pad(x, geo, self.x_zero).astype(self.dtype)
+            taps, tap_shape = tuple(window.taps(padded, geo)), (n, c) + out_sp
 
-    def _depthwise(self, padded: np.ndarray, geo: window.Geometry, shape: tuple[int, ...]) -> np.ndarray:
-        """One multiply-add over the whole tensor per kernel tap."""
+            def finish(acc: np.ndarray) -> np.ndarray:
+                return acc.reshape((n, -1) + out_sp)
+        if c == g and cout_g == 1:
+            return [self.epilogue.run(finish(self._depthwise(taps, tap_shape)), log)]
+        cols = np.empty((n, c, k) + tap_shape[2:], dtype=self.dtype)  # im2col: one copy per tap
+        for i, tap in enumerate(taps):
+            cols[:, :, i] = tap
+        acc = np.matmul(self.weight, cols.reshape(n, g, (c // g) * k, -1))
+        return [self.epilogue.run(finish(acc.reshape(n, g * cout_g, -1)), log)]
+
+    def _depthwise(self, taps, shape: tuple[int, ...]) -> np.ndarray:
+        """A multiply-add per kernel tap over ``shape`` (the taps' shape), in blocks of
+        channels of about ``DEPTHWISE_BLOCK`` values: the block's accumulator stays in cache
+        across the taps (2-3x faster than whole-tensor passes on large feature maps)."""
+        taps = list(taps)
         w = self.weight.reshape(shape[1], -1)
-        bshape = (1, shape[1]) + (1,) * len(self.kernel)
+        bshape = (1, -1) + (1,) * (len(shape) - 2)
         acc = np.empty(shape, dtype=self.dtype)
-        tmp = np.empty(shape, dtype=self.dtype)
-        for i, tap in enumerate(window.taps(padded, geo)):
-            np.multiply(tap, w[:, i].reshape(bshape), out=acc if i == 0 else tmp)
-            if i:
-                acc += tmp
+        per_channel = int(np.prod(shape[2:]))
+        step = max(1, DEPTHWISE_BLOCK // per_channel)
+        blocks = [(slice(b, b + 1), slice(c, c + step)) for b in range(shape[0]) for c in range(0, shape[1], step)] \
+            if acc.size > 4 * DEPTHWISE_BLOCK else [(slice(None), slice(None))]
+        for rows, chans in blocks:
+            out = acc[rows, chans]
+            tmp = np.empty_like(out)
+            for i, tap in enumerate(taps):
+                np.multiply(tap[rows, chans], w[chans, i].reshape(bshape), out=out if i == 0 else tmp)
+                if i:
+                    out += tmp
         return acc
 
 
@@ -185,7 +212,7 @@ def conv(ctx: Context, group: GroupEntry) -> ConvKernel:
     shape = (1, cout) + (1,) * len(kernel)
     bias = _bias_codes(ctx, group, acc_scale)
     total = -zp_x * w.reshape(cout, -1).sum(axis=1) + (0 if bias is None else bias.reshape(-1))
-    epi = _epilogue(ctx, group, acc_bound=acc_bound, real=acc_scale, shape=shape,
+    epi = _epilogue(ctx, group, acc_bound=acc_bound, factors=(s_x, s_w), shape=shape,
                     bias=total.reshape(shape) if np.any(total) else None)
     weight = w.reshape(g, cout // g, -1).astype(dtype)
     return ConvKernel(node, weight, kernel, g, zp_x, dtype, epi)
@@ -261,7 +288,7 @@ def conv_transpose(ctx: Context, group: GroupEntry) -> ConvTransposeKernel:
     acc_scale = s_x * s_w
     shape = (1, cout) + (1,) * len(kernel)
     bias = _bias_codes(ctx, group, acc_scale)
-    epi = _epilogue(ctx, group, acc_bound=acc_bound, real=acc_scale, shape=shape,
+    epi = _epilogue(ctx, group, acc_bound=acc_bound, factors=(s_x, s_w), shape=shape,
                     bias=None if bias is None else bias.reshape(shape))
     weight = w.reshape(g, cin // g, cout_g * int(np.prod(kernel))).transpose(0, 2, 1).astype(dtype)
     return ConvTransposeKernel(node, np.ascontiguousarray(weight), kernel, cout, zp_x, dtype, epi)
@@ -330,7 +357,8 @@ def matmul(ctx: Context, group: GroupEntry):
     col_abs = np.abs(w).reshape(-1, k, n_out).sum(axis=1) if w.ndim >= 2 else np.abs(w).sum(keepdims=True)
     acc_bound = int(col_abs.max(initial=0)) * span(x.dtype, zp_x)
     dtype = accumulator_dtype(acc_bound)
-    epi = _epilogue(ctx, group, acc_bound=acc_bound, real=acc_scale, bias=bias,
+    factors = (s_x, s_w) if abs(alpha) == 1.0 else (abs(alpha), s_x, s_w)
+    epi = _epilogue(ctx, group, acc_bound=acc_bound, factors=factors, bias=bias,
                     shape=(n_out,) if per_channel else ())
     return MatMulKernel(np.ascontiguousarray((sign * w).astype(dtype)), zp_x, trans_a, dtype, epi)
 
@@ -366,6 +394,7 @@ def _two_activations(ctx: Context, group: GroupEntry, node, alpha: float, beta: 
     if alpha < 0:
         raise NoKernel(f"{where}: Gemm of two activations with negative alpha")
     # K is known at run time only, so the int32 range of the sum is checked on every run.
-    epi = _epilogue(ctx, group, acc_bound=INT32_MAX + 1, real=np.asarray(acc_scale), bias=addend, shape=())
+    factors = (s_a, s_b) if alpha == 1.0 else (alpha, s_a, s_b)
+    epi = _epilogue(ctx, group, acc_bound=INT32_MAX + 1, factors=factors, bias=addend, shape=())
     return ActivationMatMulKernel((zp_a, zp_b), (span(pa.dtype, zp_a), span(pb.dtype, zp_b)),
                                   (trans_a, trans_b), epi)

@@ -11,6 +11,12 @@ computes it exactly.
 Mul: ``p = (q_a - zp_a)(q_b - zp_b)`` (exact), then ``y = zp_y + M p`` with ``M = s_a s_b / s_y``
 as a fixed-point multiplier.
 
+With the ``fp32`` arithmetic both follow ONNX Runtime's x86 kernels (MLAS) operation by
+operation in float32: Add with ``r_a = s_a / s_y``, ``r_b = s_b / s_y`` and
+``c = zp_y - (r_a zp_a + r_b zp_b)`` computes ``y = fma(q_a, r_a, fma(q_b, r_b, c))`` (an operand
+that is one value per run of the other adds ``q r`` to ``c`` instead); Mul computes
+``y = float32(p) * (s_a s_b / s_y) + zp_y``; both round half to even.
+
 Lookup table: a ``lut`` group is one function ``f`` of one quantized tensor, so its output code
 is a function of the input code: ``T[q] = quantize(f(dequantize(q)))`` over all 256 (8-bit) or
 65536 (16-bit) codes, with ``f`` (the group's float nodes) evaluated once by ONNX Runtime in
@@ -28,7 +34,7 @@ import numpy as np
 from ptqcli.qparams import LIMITS, NUMPY, QuantParams, dequantize, quantize
 from ptqcli.scale_table import GroupEntry
 from ptqcli.sim.base import Context, Log, NoKernel, clamp_bounds, scalar
-from ptqcli.sim.fixed import multiplier, saturate, span
+from ptqcli.sim.fixed import f32, multiplier, saturate, span
 
 
 def _operands(ctx: Context, group: GroupEntry) -> tuple[list[str], list[QuantParams]]:
@@ -68,10 +74,51 @@ def _store(y: np.ndarray, zero_point: int, dtype: str, lo: int, hi: int) -> np.n
     return y.astype(NUMPY[dtype])
 
 
-def add(ctx: Context, group: GroupEntry) -> AddKernel:
+def _fma(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """float32 fused multiply-add: ``x * y`` (float32 operands) is exact in float64, the sum
+    is rounded once to float32."""
+    return (np.multiply(x, y, dtype=np.float64) + z).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Float32AddKernel:
+    """ONNX Runtime's QLinearAdd (MLAS, AVX2) in float32; see the module docstring."""
+
+    ratios: tuple[np.float32, np.float32]
+    fixed: np.float32
+    lo: int
+    hi: int
+    dtype: str
+
+    def run(self, inputs: list[np.ndarray], log: Log) -> list[np.ndarray]:
+        (a, b), (ra, rb) = inputs, self.ratios
+        fa, fb = a.astype(np.float32), b.astype(np.float32)
+        if a.shape == b.shape:
+            y = _fma(fa, ra, _fma(fb, rb, self.fixed))
+        elif _per_run(b, a):   # b is one value per run of a: folded into the constant
+            y = _fma(fa, ra, self.fixed + fb * rb)
+        elif _per_run(a, b):
+            y = _fma(fb, rb, self.fixed + fa * ra)
+        else:
+            y = _fma(fa, ra, _fma(fb, rb, self.fixed))
+        return [saturate(np.rint(y), self.dtype, self.lo, self.hi)]
+
+
+def _per_run(small: np.ndarray, big: np.ndarray) -> bool:
+    """``small`` broadcasts against ``big`` as one value per run of ``big``'s innermost axes."""
+    return small.size < big.size and (small.ndim == 0 or small.shape[-1] == 1)
+
+
+def add(ctx: Context, group: GroupEntry):
     _, (pa, pb) = _operands(ctx, group)
     out = ctx.activation(group.outputs[0], f"group {group.nodes[0]!r}")
     (s_a, zp_a), (s_b, zp_b), (s_y, zp_y) = scalar(pa), scalar(pb), scalar(out)
+    if ctx.requant == "fp32":
+        ra, rb = f32(s_a, "/", s_y), f32(s_b, "/", s_y)
+        # C++ float: zp_y - (r_a * zp_a + r_b * zp_b), the inner sum contracted to an FMA
+        inner = _fma(ra, np.float32(zp_a), f32(rb, "*", zp_b))
+        lo, hi = clamp_bounds(ctx, tuple(group.nodes[1:]), out)
+        return Float32AddKernel((ra, rb), f32(zp_y, "-", inner), lo, hi, out.dtype)
     ratios = (s_a / s_y, s_b / s_y)
     _, e = math.frexp(max(ratios))
     n = 31 - e  # the larger ratio gets 31 significant bits
@@ -102,10 +149,32 @@ class MulKernel:
         return [_store(y, self.zero_point, self.dtype, self.lo, self.hi)]
 
 
-def mul(ctx: Context, group: GroupEntry) -> MulKernel:
+@dataclass(frozen=True)
+class Float32MulKernel:
+    """ONNX Runtime's QLinearMul (MLAS, SSE2) in float32: ``p * ratio + zp_y``, rounded."""
+
+    zeros: tuple[int, int]
+    ratio: np.float32
+    zero_point: np.float32
+    lo: int
+    hi: int
+    dtype: str
+
+    def run(self, inputs: list[np.ndarray], log: Log) -> list[np.ndarray]:
+        a, b = (np.subtract(q, z, dtype=np.int32) for q, z in zip(inputs, self.zeros))
+        y = (a * b).astype(np.float32)
+        y *= self.ratio
+        y += self.zero_point
+        return [saturate(np.rint(y), self.dtype, self.lo, self.hi)]
+
+
+def mul(ctx: Context, group: GroupEntry):
     _, (pa, pb) = _operands(ctx, group)
     out = ctx.activation(group.outputs[0], f"group {group.nodes[0]!r}")
     (s_a, zp_a), (s_b, zp_b), (s_y, zp_y) = scalar(pa), scalar(pb), scalar(out)
+    if ctx.requant == "fp32":
+        lo, hi = clamp_bounds(ctx, tuple(group.nodes[1:]), out)
+        return Float32MulKernel((zp_a, zp_b), f32(s_a, "*", s_b, "/", s_y), np.float32(zp_y), lo, hi, out.dtype)
     bound = span(pa.dtype, zp_a) * span(pb.dtype, zp_b)
     mult = multiplier(s_a * s_b / s_y, bound, where=f"node {group.nodes[0]!r}")
     lo, hi = clamp_bounds(ctx, tuple(group.nodes[1:]), out)

@@ -13,6 +13,11 @@ Applying it is ``round_half_even(v * m / 2**n)``: the rounding rule of ONNX Quan
 that a multiplier that is exact (a power of two, say) gives exactly DequantizeLinear followed by
 QuantizeLinear.  In float64 ``numpy.rint`` rounds the exact product half to even; in int64
 ``shift_round`` does: both paths are the same function (``tests/test_sim_fixed.py`` checks it).
+
+The ``fp32`` arithmetic (``REQUANT``) replaces the integer multiplier by a float32 factor:
+``round_half_even(float32(v) * f)``, the product rounded to float32 first, as ONNX Runtime's CPU
+kernels (MLAS) and XNNPACK's fp32 requantization do.  :func:`f32` evaluates the factor the way
+those kernels do, one float32 operation at a time, so ties fall where they fall there.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ INT32_MIN, INT32_MAX = LIMITS["int32"]
 FLOAT64_EXACT = 2 ** 53
 #: Float32 sums of integers are exact while every partial sum is below this.
 FLOAT32_EXACT = 2 ** 24
+#: The requantization arithmetics: an int32 multiplier and a rounding right shift (integer
+#: hardware, TFLite, most NPUs), or a float32 factor (ONNX Runtime's CPU kernels, XNNPACK).
+REQUANT = ("fixed", "fp32")
 #: Multipliers beyond this are refused (a tensor whose scale is ~2**-40 times its input's).
 MAX_MULTIPLIER = 2.0 ** 40
 
@@ -52,6 +60,30 @@ class Multiplier:
         if self.scale is not None:
             return np.rint(np.asarray(v, dtype=np.float64) * self.scale).astype(np.int64)
         return shift_round(np.asarray(v, dtype=np.int64) * self.m, self.shift)
+
+
+@dataclass(frozen=True)
+class Float32Scale:
+    """``round_half_even(float32(v) * scale)`` with ``scale`` float32 per channel (shaped to
+    broadcast against the values): ``v`` is converted to float32 (rounded to nearest even beyond
+    2**24, as a vector conversion does), multiplied in float32, then rounded."""
+
+    scale: np.ndarray
+
+    def apply(self, v: np.ndarray) -> np.ndarray:
+        y = np.asarray(v).astype(np.float32)
+        y *= self.scale
+        return np.rint(y, out=y)
+
+
+def f32(*ops: float | np.ndarray | str) -> np.ndarray:
+    """Evaluate ``a op b op c ...`` left to right in float32, each operation rounded to float32:
+    ``f32(s_x, "*", s_w, "/", s_y)`` is C's ``s_x * s_w / s_y`` on float operands."""
+    value = np.asarray(ops[0], dtype=np.float32)
+    for op, operand in zip(ops[1::2], ops[2::2]):
+        b = np.asarray(operand, dtype=np.float32)
+        value = {"*": np.multiply, "/": np.divide, "+": np.add, "-": np.subtract}[op](value, b, dtype=np.float32)
+    return value
 
 
 def multiplier(real: float | np.ndarray, bound: int, *, where: str = "") -> Multiplier:

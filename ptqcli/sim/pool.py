@@ -3,7 +3,8 @@
 Averages (AveragePool, GlobalAveragePool, ReduceMean) sum the centered codes ``q - zp_x`` in
 int32 and requantize once: ``y = zp_y + round_half_even(sum * M_c)`` with
 ``M_c = s_x / (s_y * c)`` for a window of ``c`` elements (a fixed-point multiplier per distinct
-``c``).  Maxima (MaxPool, GlobalMaxPool, ReduceMax, ReduceMin) are taken on the codes directly:
+``c``).  With the ``fp32`` arithmetic the factor is ONNX Runtime's float32
+``s_x / (s_y * c)`` and ``y = zp_y + round_half_even(float32(sum) * factor)``.  Maxima (MaxPool, GlobalMaxPool, ReduceMax, ReduceMin) are taken on the codes directly:
 quantization is monotonic, so the code of the maximum is the maximum of the codes.
 """
 
@@ -19,12 +20,14 @@ from ptqcli.qparams import LIMITS, QuantParams
 from ptqcli.scale_table import GroupEntry
 from ptqcli.sim import window
 from ptqcli.sim.base import Context, Log, NoKernel, Overflow, scalar
-from ptqcli.sim.fixed import INT32_MAX, accumulator_dtype, multiplier, saturate, shift_round, span, wrap_int32
+from ptqcli.sim.fixed import (INT32_MAX, Float32Scale, accumulator_dtype, f32, multiplier, saturate, shift_round,
+                              span, wrap_int32)
 
 
 @dataclass(frozen=True)
 class Mean:
-    """Shared requantization of window sums: input ``zero``/``span``, ``ratio = s_x / s_y``."""
+    """Shared requantization of window sums: input ``zero``/``span``, ``ratio = s_x / s_y``;
+    ``fp32``: the scales ``(s_x, s_y)`` for float32 requantization, or None for fixed point."""
 
     zero: int
     span: int
@@ -32,6 +35,7 @@ class Mean:
     zero_point: int
     dtype: str
     where: str
+    fp32: tuple[float, float] | None = None
 
     def requantize(self, sums: np.ndarray, counts: np.ndarray | int, log: Log) -> np.ndarray:
         """``zp_y + round(sums * ratio / counts)``; ``counts`` broadcasts against ``sums``."""
@@ -42,6 +46,10 @@ class Mean:
             if count:
                 log.overflows.append(Overflow(self.where, count, peak))
             bound = INT32_MAX + 1
+        if self.fp32 is not None:  # ONNX Runtime: x_scale / (y_scale * count), float32
+            factor = f32(self.fp32[0], "/", f32(self.fp32[1], "*", counts))
+            y = Float32Scale(factor).apply(sums)
+            return saturate(y + self.zero_point, self.dtype)
         uniq, inverse = np.unique(counts, return_inverse=True)
         mults = [multiplier(self.ratio / int(c), bound, where=self.where) for c in uniq]
         if len(mults) == 1:
@@ -58,7 +66,8 @@ def _mean(ctx: Context, group: GroupEntry) -> Mean:
     pin = ctx.activation(group.inputs[0], where)
     pout = ctx.activation(group.outputs[0], where)
     (s_x, zp_x), (s_y, zp_y) = scalar(pin), scalar(pout)
-    return Mean(zp_x, span(pin.dtype, zp_x), s_x / s_y, zp_y, pout.dtype, group.nodes[0])
+    return Mean(zp_x, span(pin.dtype, zp_x), s_x / s_y, zp_y, pout.dtype, group.nodes[0],
+                (s_x, s_y) if ctx.requant == "fp32" else None)
 
 
 @dataclass(frozen=True)
@@ -102,11 +111,13 @@ class GlobalAveragePoolKernel:
 
     def run(self, inputs: list[np.ndarray], log: Log) -> list[np.ndarray]:
         x = inputs[0]
-        axes = tuple(range(2, x.ndim))
         count = int(np.prod(x.shape[2:]))
-        # sum(q - zp) = sum(q) - count * zp; float64 holds any realistic sum exactly
-        sums = x.sum(axis=axes, keepdims=True, dtype=np.float64) - count * self.mean.zero
-        return [self.mean.requantize(sums, count, log)]
+        # sum(q - zp) = sum(q) - count * zp, the sums as a product with ones (BLAS), exact in
+        # the accumulator type for the largest possible sum
+        dtype = accumulator_dtype(count * max(abs(v) for v in LIMITS[str(x.dtype)]))
+        flat = x.reshape(x.shape[:2] + (count,)).astype(dtype)
+        sums = np.matmul(flat, np.ones(count, dtype=dtype)).reshape(x.shape[:2] + (1,) * (x.ndim - 2))
+        return [self.mean.requantize(sums - dtype(count * self.mean.zero), count, log)]
 
 
 def global_average_pool(ctx: Context, group: GroupEntry) -> GlobalAveragePoolKernel:

@@ -18,11 +18,11 @@ import onnx
 
 from ptqcli.errors import OptionError, TableError
 from ptqcli.graph import InputSpec, Prepared, attr, opset
-from ptqcli.qparams import QuantParams, quantize
+from ptqcli.qparams import QuantParams, dequantize, quantize
 from ptqcli.scale_table import GroupEntry, ScaleTable
 from ptqcli.sim import elementwise, floatops, registry
 from ptqcli.sim.base import Context, Log, NoKernel, scalar
-from ptqcli.sim.fixed import multiplier, saturate, span
+from ptqcli.sim.fixed import REQUANT, multiplier, saturate, span
 from ptqcli.sim.movement import ConcatKernel, Move
 
 CODES, VALUE = "codes", "value"
@@ -109,10 +109,14 @@ class Rescale:
         return [q if f is None else f(q) for q, f in zip(outs, self.maps)]
 
 
-def _rescaler(pin: QuantParams, pout: QuantParams, where: str):
+def _rescaler(ctx: Context, pin: QuantParams, pout: QuantParams, where: str):
     if pin == pout:
         return None
     (s_in, zp_in), (s_out, zp_out) = scalar(pin), scalar(pout)
+    if ctx.requant == "fp32":  # DequantizeLinear then QuantizeLinear, in float32
+        def requantize(q: np.ndarray) -> np.ndarray:
+            return quantize(dequantize(q, pin), pout)
+        return requantize
     mult = multiplier(s_in / s_out, span(pin.dtype, zp_in), where=where)
 
     def rescale(q: np.ndarray) -> np.ndarray:
@@ -149,7 +153,7 @@ def _move_step(ctx: Context, node: onnx.NodeProto, params: dict[str, QuantParams
     where = f"node {node.name!r}"
     if node.op_type == "Concat":
         out = ctx.activation(writes[0], where)
-        maps = tuple(_rescaler(ctx.activation(n, where), out, where) for n in node.input)
+        maps = tuple(_rescaler(ctx, ctx.activation(n, where), out, where) for n in node.input)
         kernel = ConcatKernel(int(attr(node, "axis", 0)), maps)
         return Step((node.name,), tuple((n, CODES) for n in node.input), writes, (out,), kernel, True)
     pin = ctx.activation(data, where)
@@ -160,7 +164,7 @@ def _move_step(ctx: Context, node: onnx.NodeProto, params: dict[str, QuantParams
     else:
         raise NoKernel(f"no integer kernel for {node.op_type}")
     outs = tuple(params.get(o, pin) for o in writes)
-    maps = tuple(_rescaler(pin, p, where) for p in outs)
+    maps = tuple(_rescaler(ctx, pin, p, where) for p in outs)
     if any(maps):
         kernel = Rescale(kernel, maps)
     reads = ((data, CODES),) + tuple((n, VALUE) for n in node.input[1:])
@@ -178,12 +182,16 @@ def _touches_float(ctx: Context, node: onnx.NodeProto) -> bool:
     return any(n and ctx.index.is_float(n) for n in list(node.input) + list(node.output))
 
 
-def build(prepared: Prepared, table: ScaleTable, *, keep: Iterable[str] = ()) -> Program:
+def build(prepared: Prepared, table: ScaleTable, *, keep: Iterable[str] = (), requant: str = "fixed") -> Program:
     """The program for ``prepared`` quantized by ``table``; ``keep``: tensors a run must return
-    besides the graph outputs."""
+    besides the graph outputs; ``requant``: the arithmetic of requantization, ``fixed`` or
+    ``fp32`` (see :mod:`ptqcli.sim.fixed`)."""
+    if requant not in REQUANT:
+        raise OptionError(f"--requant {requant!r}: expected one of {', '.join(REQUANT)}")
     check(prepared, table)
     index = prepared.index
-    ctx = Context(index, table, opset(prepared.model), tuple(prepared.model.opset_import), prepared.model.ir_version)
+    ctx = Context(index, table, opset(prepared.model), tuple(prepared.model.opset_import), prepared.model.ir_version,
+                  requant)
     params = {n: e.params for n, e in table.tensors.items() if e.role == "activation"}
     steps: list[Step] = []
     fallbacks: list[Fallback] = []

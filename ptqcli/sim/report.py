@@ -21,12 +21,14 @@ class SimulationReport:
     model: str
     table: str
     batch_size: int
+    requant: str
     comparison: Comparison
 
     def as_json(self) -> dict:
         c = self.comparison
         return {
             "model": self.model, "table": self.table, "samples": c.samples, "batch_size": self.batch_size,
+            "requant": self.requant,
             "outputs": {t.name: _tensor_json(t) for t in c.outputs},
             "output_codes": {t.name: _tensor_json(t) for t in c.output_codes},
             "output_codes_within_1": c.output_codes_within1,
@@ -42,7 +44,8 @@ class SimulationReport:
     def as_text(self) -> str:
         c = self.comparison
         batch = self.batch_size or "auto"
-        lines = [f"{c.samples} samples (batch {batch}): simulator of {self.model} with {self.table}"]
+        lines = [f"{c.samples} samples (batch {batch}): simulator of {self.model} with {self.table}, "
+                 f"{self.requant} requantization"]
         for t in c.outputs:
             lines.append(f"  output {t.name}: " + _tensor_text(t))
         for t in c.output_codes:
@@ -116,7 +119,7 @@ def _codes_text(t: TensorComparison) -> str:
 
 
 def simulation_report(model: pathlib.Path, table: pathlib.Path, data: pathlib.Path, *, labels: pathlib.Path | None,
-                      batch_size: int, limit: int | None, image: ImageSpec, per_layer: bool,
+                      batch_size: int, limit: int | None, image: ImageSpec, per_layer: bool, requant: str,
                       progress: Callable[[int], ContextManager[Callable[[int], None]]]) -> SimulationReport:
     prepared = prepare(model)
     loaded = scale_table.load(table)
@@ -124,5 +127,6 @@ def simulation_report(model: pathlib.Path, table: pathlib.Path, data: pathlib.Pa
     files = list_samples(data, limit=limit)
     with progress(len(files)) as update:
         result = compare(prepared, loaded, files, batch_size=batch_size, image=image,
-                         labels=read_labels(labels) if labels else None, per_layer=per_layer, progress=update)
-    return SimulationReport(str(model), str(table), batch_size, result)
+                         labels=read_labels(labels) if labels else None, per_layer=per_layer,
+                         requant=requant, progress=update)
+    return SimulationReport(str(model), str(table), batch_size, requant, result)

@@ -93,3 +93,43 @@ def taps(padded: np.ndarray, geo: Geometry) -> Iterator[np.ndarray]:
         index = (slice(None), slice(None)) + tuple(
             slice(o * d, o * d + s * (m - 1) + 1, s) for o, d, s, m in zip(offset, geo.dilations, geo.strides, out))
         yield padded[index]
+
+
+@dataclass(frozen=True)
+class FlatWindows:
+    """Stride-1 windows read from the padded input flattened over its spatial axes: tap ``i``
+    of every window is the contiguous slice ``taps[i]`` (``[N, C, length]``).  Position ``p`` of
+    a slice is the window at padded coordinates ``unravel(p)``, so along every axis but the
+    first a slice also holds windows that run past the end; :meth:`crop` drops them from a
+    result ``[..., length]``.  Contiguous slices copy and multiply several times faster than
+    the strided views of :func:`taps`."""
+
+    taps: tuple[np.ndarray, ...]
+    length: int
+    wide: tuple[int, ...]   # the result's spatial shape before cropping
+    out: tuple[int, ...]
+
+    def crop(self, result: np.ndarray) -> np.ndarray:
+        r = result.reshape(result.shape[:-1] + self.wide)
+        return r[(Ellipsis,) + tuple(slice(0, o) for o in self.out[1:])]
+
+
+def flat_windows(x: np.ndarray, geo: Geometry, value, dtype: type) -> FlatWindows | None:
+    """``x`` ``[N, C, *spatial]`` padded with ``value``, converted to ``dtype`` and cut into
+    :class:`FlatWindows`; None when a stride is not 1 or a window has ceil-mode padding."""
+    if any(s != 1 for s in geo.strides) or any(geo.ceil_extra):
+        return None
+    padded_shape = tuple(n + b + e for n, b, e in zip(x.shape[2:], geo.begin, geo.end))
+    out = tuple(n - d * (k - 1) for n, k, d in zip(padded_shape, geo.kernel, geo.dilations))
+    if any(o < 1 for o in out):
+        return None
+    steps = [int(np.prod(padded_shape[i + 1:])) for i in range(len(padded_shape))]
+    offsets = [sum(o * d * s for o, d, s in zip(tap, geo.dilations, steps)) for tap in np.ndindex(*geo.kernel)]
+    length = out[0] * steps[0]
+    # The last tap's slice reaches past the padded input by its offset within a row: extra rows.
+    rows = -(-(max(offsets) + length - padded_shape[0] * steps[0]) // steps[0])
+    grown = Geometry(geo.kernel, geo.strides, geo.dilations, geo.begin,
+                     (geo.end[0] + max(rows, 0),) + tuple(geo.end[1:]))
+    flat = pad(x, grown, value).astype(dtype).reshape(x.shape[:2] + (-1,))
+    return FlatWindows(tuple(flat[:, :, o:o + length] for o in offsets), length,
+                       (out[0],) + padded_shape[1:], out)
