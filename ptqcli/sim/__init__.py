@@ -1,4 +1,5 @@
-"""NumPy integer simulator: the arithmetic an int8/int16 accelerator performs on a scale table.
+"""NumPy integer simulator: the arithmetic an int8/int16 accelerator (or ONNX Runtime's CPU
+kernels, ``requant="fp32"``) performs on a scale table.
 
 Usage::
 
@@ -55,7 +56,16 @@ Notation: ``q`` codes, ``s`` scale (float32 value from the table), ``zp`` zero p
     rounding half to even (``normalize.py``).  LayerNormalization: int64 mean and variance of
     the codes, integer square root, Q24 normalized values, per-channel fixed-point affine
     (``normalize.py``).
-13. Anything else runs in float (ONNX Runtime on the node alone, on dequantized inputs), and its
+13. ``requant="fp32"`` (``ptq simulate --requant fp32``) replaces the integer multiplier of
+    rules 5, 7 and 9 and the rescaling of 10 and 11 by float32 arithmetic exactly as ONNX
+    Runtime's CPU kernels (MLAS, x86) evaluate it: the factor in float32 one operation at a time
+    (Conv/Gemm/MatMul ``s_x * s_w / s_y``, pools ``s_x / (s_y * count)``), ``y = sat_T(zp_y +
+    round(float32(acc) * factor))``; Add ``fma(q_a, r_a, fma(q_b, r_b, c))`` with ``r = s / s_y``,
+    ``c = zp_y - (r_a zp_a + r_b zp_b)``; Mul ``float32(p) * (s_a s_b / s_y) + zp_y``; a rescale
+    is DequantizeLinear then QuantizeLinear.  The two arithmetics part only at ties: a float32
+    factor that lost its low bits puts ``acc * factor`` exactly on ``k + 1/2`` (rounded to even)
+    where the exact product is a hair off it.
+14. Anything else runs in float (ONNX Runtime on the node alone, on dequantized inputs), and its
     quantized outputs are quantized as in 1.  Every such node is listed in
     ``SimOutputs.fallbacks`` with the reason.  So that results never depend on how samples are
     batched, row-wise float nodes run one sample at a time, always on 64-byte aligned copies

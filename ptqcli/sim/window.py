@@ -74,13 +74,17 @@ def pad(x: np.ndarray, geo: Geometry, value, extra_value=None) -> np.ndarray:
     extra = geo.ceil_extra or (0,) * len(geo.kernel)
     if any(b < 0 or e < 0 for b, e in zip(geo.begin, geo.end)):
         raise UnsupportedError("negative pads are not supported")
-    widths = [(0, 0), (0, 0)] + [(b, e) for b, e in zip(geo.begin, geo.end)]
-    if any(b or e for b, e in widths):
-        x = np.pad(x, widths, constant_values=value)
-    if any(extra):
-        x = np.pad(x, [(0, 0), (0, 0)] + [(0, c) for c in extra],
-                   constant_values=value if extra_value is None else extra_value)
-    return x
+    if not any(geo.begin + geo.end + tuple(extra)):
+        return x
+    spatial = x.shape[2:]
+    out = np.full(x.shape[:2] + tuple(n + b + e + c for n, b, e, c in zip(spatial, geo.begin, geo.end, extra)),
+                  value, dtype=x.dtype)
+    if extra_value is not None and extra_value != value:
+        for axis, (n, b, e, c) in enumerate(zip(spatial, geo.begin, geo.end, extra)):
+            if c:
+                out[(slice(None),) * (2 + axis) + (slice(n + b + e, None),)] = extra_value
+    out[(slice(None), slice(None)) + tuple(slice(b, b + n) for b, n in zip(geo.begin, spatial))] = x
+    return out
 
 
 def taps(padded: np.ndarray, geo: Geometry) -> Iterator[np.ndarray]:
