@@ -1,5 +1,5 @@
 # Two commands that work on a fresh machine:
-#   make demo   install into .venv, then calibrate -> export -> evaluate the bundled sample model
+#   make demo   install into .venv, then calibrate -> export -> evaluate -> simulate the bundled sample model
 #   make test   install with the test extras into .venv, then run the whole suite
 PY ?= python3
 VENV ?= .venv
@@ -21,6 +21,8 @@ demo: install
 	$(BIN)/ptq calibrate $(SAMPLES)/digits_cnn.onnx --data $(SAMPLES)/digits/calib -o $(DEMO)/digits_cnn.table.json
 	$(BIN)/ptq export $(SAMPLES)/digits_cnn.onnx --table $(DEMO)/digits_cnn.table.json -o $(DEMO)/digits_cnn.int8.onnx
 	$(BIN)/ptq evaluate $(SAMPLES)/digits_cnn.onnx $(DEMO)/digits_cnn.int8.onnx \
+		--data $(SAMPLES)/digits/eval --labels $(SAMPLES)/digits/eval/labels.csv
+	$(BIN)/ptq simulate $(SAMPLES)/digits_cnn.onnx --table $(DEMO)/digits_cnn.table.json --requant fp32 -q \
 		--data $(SAMPLES)/digits/eval --labels $(SAMPLES)/digits/eval/labels.csv
 
 # Every range method on both sample models, from one observation pass per model.

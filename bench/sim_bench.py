@@ -78,7 +78,8 @@ def _int_labels(data: pathlib.Path) -> dict[str, int] | None:
 
 
 def _task_metrics(task: str, prepared, table, files, batch_size, requant) -> dict[str, dict[str, float]]:
-    """Decode the first output of ORT QDQ and of the simulator per sample and score both."""
+    """Decode the first output of the float model, ORT QDQ and the simulator per sample and
+    score the three."""
     import onnxruntime as ort
 
     from bench.evaluate import Decoder
@@ -86,19 +87,19 @@ def _task_metrics(task: str, prepared, table, files, batch_size, requant) -> dic
 
     decoder = Decoder(task, files[0].parent)
     session = ort.InferenceSession(export(prepared, table).SerializeToString(), providers=["CPUExecutionProvider"])
+    float_session = ort.InferenceSession(prepared.model.SerializeToString(), providers=["CPUExecutionProvider"])
     program = build(prepared, table, requant=requant)
     name = prepared.index.output_names[0]
-    got: dict[str, list] = {"ort": [], "sim": []}
+    got: dict[str, list] = {"float": [], "ort": [], "sim": []}
     for batch in batches(files, prepared.inputs, batch_size=batch_size):
-        ort_out = session.run([name], batch.feeds)[0]
-        sim_out = run(program, batch.feeds).tensors[name].values
-        for i in range(batch.count):
-            got["ort"].append(decoder.decode(ort_out[i:i + 1]))
-            got["sim"].append(decoder.decode(sim_out[i:i + 1]))
+        outs = {"float": float_session.run([name], batch.feeds)[0], "ort": session.run([name], batch.feeds)[0],
+                "sim": run(program, batch.feeds).tensors[name].values}
+        for key, out in outs.items():
+            got[key].extend(decoder.decode(out[i:i + 1]) for i in range(batch.count))
     return {k: decoder.score(v, list(files)) for k, v in got.items()}
 
 
-def _speed(prepared, table, files, batch_size, requant, repeats: int = 3, max_batches: int = 8) -> dict[str, float]:
+def _speed(prepared, table, files, batch_size, requant, repeats: int = 3, max_batches: int = 16) -> dict[str, float]:
     """Milliseconds per sample of the QDQ model in ONNX Runtime and of the simulator: each batch
     run ``repeats`` times by both, interleaved, keeping each one's fastest (the machine's other
     load only ever adds time)."""
@@ -218,7 +219,8 @@ def bench_case(model: pathlib.Path, table_spec: str, data: pathlib.Path, task: s
     if task:
         scores = _task_metrics(task, prepared, table, files, batch_size, requant)
         key = next(iter(scores["ort"]))
-        row["metric"] = {"name": key, "ort": scores["ort"][key], "sim": scores["sim"][key]}
+        row["metric"] = {"name": key, "ort": scores["ort"][key], "sim": scores["sim"][key],
+                         "float": scores["float"][key]}
     row["runtime_within_1"] = _runtime_spread(prepared, table, files, batch_size, requant)
     row["deterministic"] = _deterministic(prepared, table, files, requant)
     row["ms_per_sample_single_pass"] = row["ms_per_sample"]
@@ -251,7 +253,7 @@ def _pct(x: float | None) -> str:
 
 def print_table(rows: list[dict]) -> None:
     head = ("model", "requant", "samples", "codes=ORT %", "within 1 %", "ORT fused vs unfused within 1 %",
-            "sim vs ORT unfused within 1 %", "local = % (all / worst layer)", "metric ORT",
+            "sim vs ORT unfused within 1 %", "local = % (all / worst layer)", "metric float", "metric ORT",
             "metric sim", "re-run/batch",
             "ms/sample sim", "ms/sample ORT", "ratio", "fallbacks", "targets")
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
@@ -262,7 +264,8 @@ def print_table(rows: list[dict]) -> None:
             r["model"], r["requant"], r["samples"], _pct(r["output_codes_equal"]), _pct(r["output_codes_within_1"]),
             _pct(r["runtime_within_1"].get("fused_vs_unfused")), _pct(r["runtime_within_1"].get("sim_vs_unfused")),
             f"{_pct(r['local_equal_all'])} / {_pct(r['local_equal_min'])}",
-            f"{m['name']} {_pct(m['ort'])}" if m else "-", _pct(m["sim"]) if m else "-",
+            f"{m['name']} {_pct(m['float'])}" if m else "-", _pct(m["ort"]) if m else "-",
+            _pct(m["sim"]) if m else "-",
             "identical" if r["deterministic"] else "DIFFERENT",
             f"{r['ms_per_sample']['sim']:.3f}", f"{r['ms_per_sample']['ort']:.3f}",
             f"{r['speed_ratio']:.1f}x" if r["speed_ratio"] else "-", len(r["fallbacks"]),
