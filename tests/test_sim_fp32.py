@@ -163,3 +163,18 @@ def test_an_unknown_arithmetic_is_refused(small_cnn):
     p, t, _ = small_cnn
     with pytest.raises(OptionError, match="--requant 'float16'"):
         simulate(p, t, {"x": np.zeros((1, 3, 12, 12), np.float32)}, requant="float16")
+
+
+def test_fp32_linear_resize_runs_as_onnx_runtime_runs_it(tmp_path):
+    """ONNX Runtime has no integer linear Resize: between DequantizeLinear and QuantizeLinear it
+    interpolates in float32, and the fp32 simulator gives its codes exactly."""
+    rng = np.random.default_rng(5)
+    m = model([helper.make_node("Resize", ["x", "", "s"], ["y"], name="rs", mode="linear")],
+              [("x", ["N", 2, 7, 9])], [("y", None)], [("s", np.array([1, 1, 2.5, 1.5], np.float32))])
+    p = prepared(tmp_path, m)
+    t = table(p, {"x": act(0.05, 128), "y": act(0.047, 120)}, {"rs": group("requantize", ["rs"], ["x"], ["y"])})
+    x = rng.normal(0, 2, (4, 2, 7, 9)).astype(np.float32)
+    session = ort.InferenceSession(export(p, t).SerializeToString(), providers=["CPUExecutionProvider"])
+    ort_codes = np.rint(session.run(None, {"x": x})[0] / np.float32(0.047)).astype(np.int64) + 120
+    got = simulate(p, t, {"x": x}, tensors=["y"], requant="fp32").tensors["y"].codes.astype(np.int64)
+    np.testing.assert_array_equal(got, ort_codes)

@@ -10,6 +10,9 @@ ONNX Runtime does; linear coordinates are clamped to ``[0, L-1]``.
   ``w0 = 2**F - w1`` (``F = 15``); the weighted sums of the centered codes are formed exactly in
   int64 axis after axis, then requantized once by ``M = s_x / s_y * 2**(-F * axes)``.
 
+With the ``fp32`` arithmetic a linear Resize runs as ONNX Runtime's CPU provider runs it: in
+float32 on the dequantized codes (it has no integer Resize), then quantized.
+
 tf_crop_and_resize, cubic, antialias and keep_aspect_ratio_policy other than stretch run in
 float (fallback).
 """
@@ -22,8 +25,9 @@ import numpy as np
 import onnx
 
 from ptqcli.graph import attr, text_attr
-from ptqcli.qparams import QuantParams
+from ptqcli.qparams import QuantParams, dequantize, quantize
 from ptqcli.scale_table import GroupEntry
+from ptqcli.sim import floatops
 from ptqcli.sim.base import Context, Log, NoKernel, scalar
 from ptqcli.sim.fixed import multiplier, saturate, span
 
@@ -132,11 +136,31 @@ class ResizeKernel:
         return [saturate(mult.apply(acc) + self.zeros[1], self.dtype)]
 
 
-def resize(ctx: Context, group: GroupEntry) -> ResizeKernel:
+@dataclass(frozen=True)
+class Float32ResizeKernel:
+    """A linear Resize as ONNX Runtime's CPU provider runs it (``fp32``): it fuses no integer
+    Resize, so the node runs in float32 between DequantizeLinear and QuantizeLinear.  ``inner``
+    is that node cut out; ``positions`` picks its feeds from the step's inputs (0: the codes)."""
+
+    inner: floatops.FloatKernel
+    positions: tuple[int, ...]
+    params: tuple[QuantParams, QuantParams]
+
+    def run(self, inputs: list[np.ndarray], log: Log) -> list[np.ndarray]:
+        args = [dequantize(inputs[0], self.params[0]) if i == 0 else inputs[i] for i in self.positions]
+        return [quantize(self.inner.run(args, log)[0], self.params[1])]
+
+
+def resize(ctx: Context, group: GroupEntry):
     """A Resize of a requantize group (its output has parameters of its own)."""
     node = ctx.node(group.nodes[0])
     where = f"node {node.name!r}"
-    return _kernel(node, ctx.activation(group.inputs[0], where), ctx.activation(group.outputs[0], where))
+    pin, pout = ctx.activation(group.inputs[0], where), ctx.activation(group.outputs[0], where)
+    kernel = _kernel(node, pin, pout)
+    if ctx.requant != "fp32" or not kernel.linear:
+        return kernel
+    inner = floatops.float_kernel(ctx, [node], [node.output[0]])
+    return Float32ResizeKernel(inner, tuple(list(node.input).index(f) for f in inner.feeds), (pin, pout))
 
 
 def resize_move(ctx: Context, node: onnx.NodeProto, params: QuantParams) -> ResizeKernel:
