@@ -93,9 +93,7 @@ class Float32AddKernel:
     def run(self, inputs: list[np.ndarray], log: Log) -> list[np.ndarray]:
         (a, b), (ra, rb) = inputs, self.ratios
         fa, fb = a.astype(np.float32), b.astype(np.float32)
-        if a.shape == b.shape:
-            y = _fma(fa, ra, _fma(fb, rb, self.fixed))
-        elif _per_run(b, a):   # b is one value per run of a: folded into the constant
+        if _per_run(b, a):     # b is one value per run of a: folded into the constant
             y = _fma(fa, ra, self.fixed + fb * rb)
         elif _per_run(a, b):
             y = _fma(fb, rb, self.fixed + fa * ra)

@@ -3,9 +3,10 @@
 Averages (AveragePool, GlobalAveragePool, ReduceMean) sum the centered codes ``q - zp_x`` in
 int32 and requantize once: ``y = zp_y + round_half_even(sum * M_c)`` with
 ``M_c = s_x / (s_y * c)`` for a window of ``c`` elements (a fixed-point multiplier per distinct
-``c``).  With the ``fp32`` arithmetic the factor is ONNX Runtime's float32
-``s_x / (s_y * c)`` and ``y = zp_y + round_half_even(float32(sum) * factor)``.  Maxima (MaxPool, GlobalMaxPool, ReduceMax, ReduceMin) are taken on the codes directly:
-quantization is monotonic, so the code of the maximum is the maximum of the codes.
+``c``).  With the ``fp32`` arithmetic the factor is ONNX Runtime's float32 ``s_x / (s_y * c)``
+and ``y = zp_y + round_half_even(float32(sum) * factor)``.  Maxima (MaxPool, GlobalMaxPool,
+ReduceMax, ReduceMin) are taken on the codes directly: quantization is monotonic, so the code
+of the maximum is the maximum of the codes.
 """
 
 from __future__ import annotations
