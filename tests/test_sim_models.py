@@ -80,6 +80,18 @@ def test_cli_simulate_text_and_json(cnn_model, tables, eval_dir):
     assert set(doc["accuracy"]) == {"float", "ort", "sim"}
 
 
+def test_cli_simulate_fp32_gives_onnx_runtimes_codes(cnn_model, tables, eval_dir):
+    """The sample CNN under ``--requant fp32``: every quantized tensor equals ONNX Runtime's."""
+    result = CliRunner().invoke(main, ["simulate", str(cnn_model), "--table", str(tables["cnn_model"]), "--data",
+                                       str(eval_dir), "--limit", "64", "--requant", "fp32", "--per-layer",
+                                       "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["requant"] == "fp32"
+    assert doc["first_local_difference"] is None
+    assert all(layer["codes_equal"] == 1.0 for layer in doc["layers"] if "codes_equal" in layer)
+
+
 def test_cli_simulate_refuses_a_table_of_another_model(transformer_model, tables, eval_dir):
     result = CliRunner().invoke(main, ["simulate", str(transformer_model), "--table", str(tables["cnn_model"]),
                                        "--data", str(eval_dir), "--limit", "4"])
