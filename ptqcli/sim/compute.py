@@ -156,7 +156,7 @@ class ConvKernel:
         if flat is not None:  # stride 1: contiguous taps over padded rows, cropped at the end
             taps, tap_shape, finish = flat.taps, (n, c, flat.length), flat.crop
         else:  # padded on the narrow codes and converted once; each tap a strided view
-            padded = window.pad(x, geo, self.x_zero).astype(self.dtype)
+            padded = window.pad(x, geo, self.x_zero, dtype=self.dtype)
             taps, tap_shape = tuple(window.taps(padded, geo)), (n, c) + out_sp
 
             def finish(acc: np.ndarray) -> np.ndarray:

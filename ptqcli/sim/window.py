@@ -68,17 +68,18 @@ def geometry(node: onnx.NodeProto, spatial: tuple[int, ...], kernel: tuple[int, 
     return Geometry(tuple(kernel), strides, dilations, tuple(begin), tuple(end), tuple(extra))
 
 
-def pad(x: np.ndarray, geo: Geometry, value, extra_value=None) -> np.ndarray:
+def pad(x: np.ndarray, geo: Geometry, value, extra_value=None, dtype=None) -> np.ndarray:
     """``x`` ``[N, C, *spatial]`` padded with ``value`` (explicit pads) and ``extra_value``
-    (default ``value``) where only ceil-mode windows reach."""
+    (default ``value``) where only ceil-mode windows reach, in ``dtype`` (default ``x``'s): the
+    conversion happens in the one copy the padding makes."""
     extra = geo.ceil_extra or (0,) * len(geo.kernel)
     if any(b < 0 or e < 0 for b, e in zip(geo.begin, geo.end)):
         raise UnsupportedError("negative pads are not supported")
     if not any(geo.begin + geo.end + tuple(extra)):
-        return x
+        return x if dtype is None else x.astype(dtype)
     spatial = x.shape[2:]
     out = np.full(x.shape[:2] + tuple(n + b + e + c for n, b, e, c in zip(spatial, geo.begin, geo.end, extra)),
-                  value, dtype=x.dtype)
+                  value, dtype=x.dtype if dtype is None else dtype)
     if extra_value is not None and extra_value != value:
         for axis, (n, b, e, c) in enumerate(zip(spatial, geo.begin, geo.end, extra)):
             if c:
@@ -134,6 +135,6 @@ def flat_windows(x: np.ndarray, geo: Geometry, value, dtype: type) -> FlatWindow
     rows = -(-(max(offsets) + length - padded_shape[0] * steps[0]) // steps[0])
     grown = Geometry(geo.kernel, geo.strides, geo.dilations, geo.begin,
                      (geo.end[0] + max(rows, 0),) + tuple(geo.end[1:]))
-    flat = pad(x, grown, value).astype(dtype).reshape(x.shape[:2] + (-1,))
+    flat = pad(x, grown, value, dtype=dtype).reshape(x.shape[:2] + (-1,))
     return FlatWindows(tuple(flat[:, :, o:o + length] for o in offsets), length,
                        (out[0],) + padded_shape[1:], out)
