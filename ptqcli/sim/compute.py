@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ptqcli.graph import attr, text_attr
-from ptqcli.qparams import LIMITS, QuantParams, quantize, quantize_bias
+from ptqcli.qparams import QuantParams, quantize, quantize_bias
 from ptqcli.scale_table import GroupEntry
 from ptqcli.sim import window
 from ptqcli.sim.base import Context, Log, NoKernel, Overflow, Requant, clamp_bounds, scalar
@@ -169,11 +169,10 @@ class ConvKernel:
         acc = np.matmul(self.weight, cols.reshape(n, g, (c // g) * k, -1))
         return [self.epilogue.run(finish(acc.reshape(n, g * cout_g, -1)), log)]
 
-    def _depthwise(self, taps, shape: tuple[int, ...]) -> np.ndarray:
+    def _depthwise(self, taps: tuple[np.ndarray, ...], shape: tuple[int, ...]) -> np.ndarray:
         """A multiply-add per kernel tap over ``shape`` (the taps' shape), in blocks of
         channels of about ``DEPTHWISE_BLOCK`` values: the block's accumulator stays in cache
         across the taps (2-3x faster than whole-tensor passes on large feature maps)."""
-        taps = list(taps)
         w = self.weight.reshape(shape[1], -1)
         bshape = (1, -1) + (1,) * (len(shape) - 2)
         acc = np.empty(shape, dtype=self.dtype)
@@ -204,7 +203,7 @@ def conv(ctx: Context, group: GroupEntry) -> ConvKernel:
     cout, kernel = w.shape[0], tuple(w.shape[2:])
     per_out = np.abs(w).reshape(cout, -1).sum(axis=1)
     # The kernel sums raw codes q_x (|q_x| <= raw) and corrects by zp_x * sum(q_w - zp_w).
-    raw = max(abs(v) for v in LIMITS[x.dtype])
+    raw = span(x.dtype, 0)
     acc_bound = int(per_out.max(initial=0)) * raw
     dtype = accumulator_dtype(acc_bound)
     s_w = np.broadcast_to(np.asarray(wp.scale, dtype=np.float64), (cout,))

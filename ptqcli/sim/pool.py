@@ -115,7 +115,7 @@ class GlobalAveragePoolKernel:
         count = int(np.prod(x.shape[2:]))
         # sum(q - zp) = sum(q) - count * zp, the sums as a product with ones (BLAS), exact in
         # the accumulator type for the largest possible sum
-        dtype = accumulator_dtype(count * max(abs(v) for v in LIMITS[str(x.dtype)]))
+        dtype = accumulator_dtype(count * span(str(x.dtype), 0))
         flat = x.reshape(x.shape[:2] + (count,)).astype(dtype)
         sums = np.matmul(flat, np.ones(count, dtype=dtype)).reshape(x.shape[:2] + (1,) * (x.ndim - 2))
         return [self.mean.requantize(sums - dtype(count * self.mean.zero), count, log)]
