@@ -36,10 +36,11 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 import numpy as np  # noqa: E402
 
-from ptqcli import api, scale_table  # noqa: E402
-from ptqcli.dataset import batches, list_samples  # noqa: E402
-from ptqcli.evaluate import read_labels  # noqa: E402
+from ptqcli import api  # noqa: E402
+from ptqcli.analysis.evaluate import read_labels  # noqa: E402
 from ptqcli.graph import prepare  # noqa: E402
+from ptqcli.observe.dataset import batches, list_samples  # noqa: E402
+from ptqcli.quantize import scale_table  # noqa: E402
 from ptqcli.sim import build, run  # noqa: E402
 from ptqcli.sim.compare import compare  # noqa: E402
 from ptqcli.sim.fixed import REQUANT  # noqa: E402
@@ -83,7 +84,7 @@ def _task_metrics(task: str, prepared, table, files, batch_size, requant) -> dic
     import onnxruntime as ort
 
     from bench.evaluate import Decoder
-    from ptqcli.export_qdq import export
+    from ptqcli.export.qdq import export
 
     decoder = Decoder(task, files[0].parent)
     session = ort.InferenceSession(export(prepared, table).SerializeToString(), providers=["CPUExecutionProvider"])
@@ -105,7 +106,7 @@ def _speed(prepared, table, files, batch_size, requant, repeats: int = 3, max_ba
     load only ever adds time)."""
     import onnxruntime as ort
 
-    from ptqcli.export_qdq import export
+    from ptqcli.export.qdq import export
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -139,7 +140,7 @@ def _runtime_spread(prepared, table, files, batch_size, requant) -> dict[str, fl
     how a network amplifies one-code rounding differences, not the simulator's arithmetic."""
     import onnxruntime as ort
 
-    from ptqcli.export_qdq import export
+    from ptqcli.export.qdq import export
     from ptqcli.sim.compare import ELEM, Codes, _code_tensors, _with_outputs, output_code_tensors
 
     acts = [n for n, e in table.tensors.items() if e.role == "activation"]

@@ -8,15 +8,19 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager
 
-from ptqcli import autosearch, collect, observations as obs_io, scale_table
-from ptqcli.calibrate import CalibrationOptions, build_table, decide
-from ptqcli.dataset import ImageSpec, batches, list_samples
 from ptqcli.errors import ObservationError, OptionError
-from ptqcli.export_qdq import check_table, export as export_model, save as save_model
+from ptqcli.export.qdq import check_table
+from ptqcli.export.qdq import export as export_model
+from ptqcli.export.qdq import save as save_model
 from ptqcli.graph import prepare
-from ptqcli.scale_table import ScaleTable
-from ptqcli.derive import derive
-from ptqcli.tensors import observation_plan
+from ptqcli.observe import collect
+from ptqcli.observe import observations as obs_io
+from ptqcli.observe.dataset import ImageSpec, batches, list_samples
+from ptqcli.observe.derive import derive
+from ptqcli.quantize import autosearch, scale_table
+from ptqcli.quantize.decide import CalibrationOptions, build_table, decide
+from ptqcli.quantize.scale_groups import observation_plan
+from ptqcli.quantize.scale_table import ScaleTable
 
 #: ``progress(total)`` returns a context manager yielding ``update(n)``.
 ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
@@ -123,7 +127,7 @@ def sensitivity(model: str | pathlib.Path, table: str | pathlib.Path, data: str 
                 data_options: DataOptions = DataOptions(limit=16), progress: ProgressFactory = _no_progress):
     """Layerwise sensitivity of ``model`` under ``table`` on the first ``data_options.limit``
     samples of ``data``: ``(all quantized, [one point quantized, most sensitive first])``."""
-    from ptqcli.sensitivity import layerwise, points
+    from ptqcli.analysis.sensitivity import layerwise, points
 
     prepared = prepare(model)
     loaded = scale_table.load(table)

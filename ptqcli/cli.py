@@ -19,10 +19,10 @@ from typing import Any, Callable
 import click
 
 from ptqcli import __version__, api
-from ptqcli.calibrate import CalibrationOptions
-from ptqcli.dataset import ImageSpec
+from ptqcli.analysis.metrics import finite_or_none
 from ptqcli.errors import PtqError
-from ptqcli.metrics import finite_or_none
+from ptqcli.observe.dataset import ImageSpec
+from ptqcli.quantize.decide import CalibrationOptions
 from ptqcli.sim.fixed import REQUANT
 
 
@@ -252,7 +252,7 @@ def export(model, table_path, output, quiet) -> None:
 def evaluate(float_model, quantized_model, data, labels, batch_size, limit, size, mean, std, layout, bgr,
              quiet, as_json) -> None:
     """Compare QUANTIZED_MODEL with FLOAT_MODEL on --data: SQNR, cosine, top-1 agreement, accuracy."""
-    from ptqcli.report import evaluation_report
+    from ptqcli.analysis.report import evaluation_report
 
     result = evaluation_report(float_model, quantized_model, data, labels,
                                _data(batch_size, limit, size, mean, std, layout, bgr),

@@ -8,8 +8,8 @@ import numpy as np
 from onnx.reference import ReferenceEvaluator
 
 from ptqcli.graph import Prepared, opset
-from ptqcli.qparams import dequantize, quantize, quantize_bias
-from ptqcli.scale_table import ScaleTable
+from ptqcli.quantize.qparams import dequantize, quantize, quantize_bias
+from ptqcli.quantize.scale_table import ScaleTable
 
 
 def fake_quant(prepared: Prepared, table: ScaleTable, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -3,7 +3,8 @@ import pytest
 from scipy import stats
 
 import calibrators
-from calibrators import RangeSpec, histogram as H
+from calibrators import RangeSpec
+from calibrators import histogram as H
 from calibrators.kl import divergences, kl_range
 from calibrators.max import max_range
 from calibrators.mse import expected_errors, mse_range

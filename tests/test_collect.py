@@ -1,14 +1,14 @@
 import numpy as np
 import onnxruntime as ort
 import pytest
+from builders import conv_net, save, write_npy_folder
 
-from ptqcli import collect
-from ptqcli.dataset import batches, list_samples
 from ptqcli.errors import DataError
 from ptqcli.graph import prepare
-from ptqcli.plan import analyse
-from ptqcli.tensors import observed_tensors
-from builders import conv_net, save, write_npy_folder
+from ptqcli.observe import collect
+from ptqcli.observe.dataset import batches, list_samples
+from ptqcli.quantize.plan import analyse
+from ptqcli.quantize.scale_groups import observed_tensors
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
-from ptqcli.dataset import ImageSpec, batches, list_samples, read_sample
 from ptqcli.errors import DataError
 from ptqcli.graph import InputSpec
+from ptqcli.observe.dataset import ImageSpec, batches, list_samples, read_sample
 
 IMG = (InputSpec("x", np.dtype(np.float32), ("N", 3, 4, 4)),)
 

@@ -1,13 +1,13 @@
 import numpy as np
 import onnxruntime as ort
-
 from builders import conv_net, save
-from ptqcli import collect
-from ptqcli.dataset import batches, list_samples
-from ptqcli.derive import derive
+
 from ptqcli.graph import prepare
-from ptqcli.plan import analyse
-from ptqcli.tensors import observation_plan
+from ptqcli.observe import collect
+from ptqcli.observe.dataset import batches, list_samples
+from ptqcli.observe.derive import derive
+from ptqcli.quantize.plan import analyse
+from ptqcli.quantize.scale_groups import observation_plan
 
 
 def test_table_output_histogram_follows_from_its_input(tmp_path, rng):

@@ -6,14 +6,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from fakequant import fake_quant
-from ptqcli import api, scale_table
-from ptqcli.calibrate import CalibrationOptions
+
+from ptqcli import api
+from ptqcli.analysis.evaluate import read_labels
 from ptqcli.errors import OptionError
-from ptqcli.dataset import list_samples
-from ptqcli.evaluate import read_labels
 from ptqcli.graph import prepare
+from ptqcli.observe.dataset import list_samples
+from ptqcli.quantize import scale_table
+from ptqcli.quantize.decide import CalibrationOptions
 
 METHODS = ["max", "percentile", "kl", "mse"]
 

@@ -1,8 +1,8 @@
 import numpy as np
 import onnxruntime as ort
+from builders import float_input, make_model, save
 from onnx import TensorProto, helper
 
-from builders import float_input, make_model, save
 from ptqcli.graph import prepare
 
 

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
+from builders import conv_net, float_input, make_model, save
 from onnx import TensorProto, helper
 
-from builders import conv_net, float_input, make_model, save
-from ptqcli.calibrate import CalibrationOptions, decide
 from ptqcli.errors import OptionError
 from ptqcli.graph import prepare
-from ptqcli.plan import analyse
-from ptqcli.tensors import observed_tensors, scale_groups
+from ptqcli.quantize.decide import CalibrationOptions, decide
+from ptqcli.quantize.plan import analyse
+from ptqcli.quantize.scale_groups import observed_tensors, scale_groups
 
 
 def groups_of(prepared):

@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 
 from calibrators import Range
-from ptqcli.qparams import (QuantParams, activation_params, bias_floor, bias_params, dequantize, quantize, quantize_bias,
-                            weight_params)
+from ptqcli.quantize.qparams import (
+    QuantParams,
+    activation_params,
+    bias_floor,
+    bias_params,
+    dequantize,
+    quantize,
+    quantize_bias,
+    weight_params,
+)
 
 
 def test_uint8_asymmetric_params_make_zero_exact():

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from ptqcli import api, scale_table
+from ptqcli import api
 from ptqcli.errors import TableError
+from ptqcli.quantize import scale_table
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from ptqcli import api, scale_table
-from ptqcli.calibrate import CalibrationOptions
-from ptqcli.dataset import batches, list_samples
+from ptqcli import api
+from ptqcli.analysis.sensitivity import layerwise
 from ptqcli.graph import prepare
-from ptqcli.sensitivity import layerwise
+from ptqcli.observe.dataset import batches, list_samples
+from ptqcli.quantize import scale_table
+from ptqcli.quantize.decide import CalibrationOptions
 
 
 def test_layerwise_sensitivity_ranks_quantization_points(tmp_path, cnn_model, calib_dir):

@@ -5,13 +5,13 @@ import dataclasses
 import numpy as np
 import pytest
 from onnx import helper
+from test_sim_support import act, agreement, codes_of, group, model, prepared, reference, table, weight_table
 
 from ptqcli.errors import OptionError, TableError
-from ptqcli.qparams import QuantParams, quantize
+from ptqcli.quantize.qparams import QuantParams, quantize
 from ptqcli.sim import build, run, simulate
 from ptqcli.sim.fixed import saturate
 from ptqcli.sim.program import Fallback
-from test_sim_support import act, agreement, codes_of, group, model, prepared, reference, table, weight_table
 
 f32 = np.float32
 

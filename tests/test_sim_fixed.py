@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from ptqcli.errors import UnsupportedError
-from ptqcli.sim.fixed import (accumulator_dtype, div_round, multiplier, saturate, shift_round, span,
-                              wrap_int32)
+from ptqcli.sim.fixed import accumulator_dtype, div_round, multiplier, saturate, shift_round, span, wrap_int32
 
 
 def exact_round(num: Fraction) -> int:

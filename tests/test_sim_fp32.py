@@ -5,15 +5,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from onnx import helper
+from test_sim_support import act, group, model, prepared, table
 
-from ptqcli import api, scale_table
-from ptqcli.export_qdq import export
+from ptqcli import api
+from ptqcli.export.qdq import export
 from ptqcli.graph import prepare
-from ptqcli.qparams import QuantParams
+from ptqcli.quantize import scale_table
+from ptqcli.quantize.qparams import QuantParams
 from ptqcli.sim import simulate
 from ptqcli.sim.compare import compare
 from ptqcli.sim.fixed import Float32Scale, f32, multiplier
-from test_sim_support import act, group, model, prepared, table
 
 # Conv and Mul: scales whose float32 product loses its last bit: s_x * s_w = 1 + 2**-12 + 2**-13 + 2**-25
 # exactly, float32 keeps 1 + 2**-12 + 2**-13, so with s_y = 8 * that the float32 factor is

@@ -9,11 +9,10 @@ one code.
 import numpy as np
 import pytest
 from onnx import helper
+from test_sim_support import act, agreement, codes_of, group, model, prepared, reference, run_float, table, weight_table
 
-from ptqcli.qparams import QuantParams, weight_params
+from ptqcli.quantize.qparams import QuantParams, weight_params
 from ptqcli.sim import simulate
-from test_sim_support import (act, agreement, codes_of, group, model, prepared, reference, run_float, table,
-                              weight_table)
 
 f32 = np.float32
 

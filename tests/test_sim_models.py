@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from ptqcli import api, scale_table
+from ptqcli import api
+from ptqcli.analysis.evaluate import read_labels
 from ptqcli.cli import main
-from ptqcli.dataset import batches, list_samples
-from ptqcli.evaluate import read_labels
 from ptqcli.graph import prepare
+from ptqcli.observe.dataset import batches, list_samples
+from ptqcli.quantize import scale_table
 from ptqcli.sim import build, run
 from ptqcli.sim.compare import compare
 

@@ -13,8 +13,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ptqcli.graph import Prepared, opset, prepare
-from ptqcli.qparams import QuantParams, dequantize, quantize, quantize_bias, weight_params
-from ptqcli.scale_table import GroupEntry, NodeEntry, ScaleTable, TensorEntry
+from ptqcli.quantize.qparams import QuantParams, dequantize, quantize, quantize_bias, weight_params
+from ptqcli.quantize.scale_table import GroupEntry, NodeEntry, ScaleTable, TensorEntry
 
 
 def model(nodes, inputs, outputs, inits=(), opset_version=17) -> onnx.ModelProto:

@@ -85,7 +85,8 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ptqcli.graph import Prepared, prepare
-from ptqcli.scale_table import ScaleTable, load as load_table
+from ptqcli.quantize.scale_table import ScaleTable
+from ptqcli.quantize.scale_table import load as load_table
 from ptqcli.sim.program import Fallback, Program, build
 from ptqcli.sim.run import SimOutputs, SimTensor, run
 

@@ -16,8 +16,8 @@ import onnx
 
 from ptqcli.errors import TableError
 from ptqcli.graph import GraphIndex, attr
-from ptqcli.qparams import LIMITS, NUMPY, QuantParams, quantize
-from ptqcli.scale_table import ScaleTable
+from ptqcli.quantize.qparams import LIMITS, NUMPY, QuantParams, quantize
+from ptqcli.quantize.scale_table import ScaleTable
 from ptqcli.sim.fixed import FLOAT64_EXACT, Float32Scale, Multiplier, wrap_int32
 
 

@@ -19,13 +19,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ptqcli.dataset import ImageSpec, batches
+from ptqcli.analysis.metrics import Agreement, top1
 from ptqcli.errors import DataError
-from ptqcli.export_qdq import export
+from ptqcli.export.qdq import export
 from ptqcli.graph import Prepared
-from ptqcli.metrics import Agreement, top1
-from ptqcli.qparams import quantize
-from ptqcli.scale_table import ScaleTable
+from ptqcli.observe.dataset import ImageSpec, batches
+from ptqcli.quantize.qparams import quantize
+from ptqcli.quantize.scale_table import ScaleTable
 from ptqcli.sim.base import Log, Overflow
 from ptqcli.sim.program import CODES, Fallback, Program, build
 from ptqcli.sim.run import run

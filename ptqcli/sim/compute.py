@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ptqcli.graph import attr, text_attr
-from ptqcli.qparams import QuantParams, quantize, quantize_bias
-from ptqcli.scale_table import GroupEntry
+from ptqcli.quantize.qparams import QuantParams, quantize, quantize_bias
+from ptqcli.quantize.scale_table import GroupEntry
 from ptqcli.sim import window
 from ptqcli.sim.base import Context, Log, NoKernel, Overflow, Requant, clamp_bounds, scalar
 from ptqcli.sim.fixed import INT32_MAX, Float32Scale, accumulator_dtype, f32, multiplier, span, wrap_int32

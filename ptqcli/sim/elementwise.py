@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ptqcli.qparams import LIMITS, NUMPY, QuantParams, dequantize, quantize
-from ptqcli.scale_table import GroupEntry
+from ptqcli.quantize.qparams import LIMITS, NUMPY, QuantParams, dequantize, quantize
+from ptqcli.quantize.scale_table import GroupEntry
 from ptqcli.sim.base import Context, Log, NoKernel, clamp_bounds, scalar
 from ptqcli.sim.fixed import f32, multiplier, saturate, span
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ptqcli.errors import UnsupportedError
-from ptqcli.qparams import LIMITS, NUMPY
+from ptqcli.quantize.qparams import LIMITS, NUMPY
 
 INT32_MIN, INT32_MAX = LIMITS["int32"]
 #: Largest |value| whose products with a 31-bit multiplier stay exact in float64.

@@ -13,9 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ptqcli import ops
 from ptqcli.errors import UnsupportedError
-from ptqcli.graph import attr
+from ptqcli.graph import attr, ops
 from ptqcli.sim.base import Context, Log
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from ptqcli.graph import attr, text_attr
-from ptqcli.qparams import quantize
+from ptqcli.quantize.qparams import quantize
 from ptqcli.sim.base import Context, Log, NoKernel
 
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ptqcli.graph import attr
-from ptqcli.qparams import LIMITS
-from ptqcli.scale_table import GroupEntry
+from ptqcli.quantize.qparams import LIMITS
+from ptqcli.quantize.scale_table import GroupEntry
 from ptqcli.sim.base import Context, Log, NoKernel, scalar
 from ptqcli.sim.fixed import div_round, saturate, shift_round
 

@@ -17,12 +17,21 @@ import numpy as np
 import onnx
 
 from ptqcli.graph import attr
-from ptqcli.qparams import LIMITS, QuantParams
-from ptqcli.scale_table import GroupEntry
+from ptqcli.quantize.qparams import LIMITS, QuantParams
+from ptqcli.quantize.scale_table import GroupEntry
 from ptqcli.sim import window
 from ptqcli.sim.base import Context, Log, NoKernel, Overflow, scalar
-from ptqcli.sim.fixed import (INT32_MAX, Float32Scale, accumulator_dtype, f32, multiplier, saturate, shift_round,
-                              span, wrap_int32)
+from ptqcli.sim.fixed import (
+    INT32_MAX,
+    Float32Scale,
+    accumulator_dtype,
+    f32,
+    multiplier,
+    saturate,
+    shift_round,
+    span,
+    wrap_int32,
+)
 
 
 @dataclass(frozen=True)

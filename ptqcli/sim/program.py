@@ -18,8 +18,8 @@ import onnx
 
 from ptqcli.errors import OptionError, TableError
 from ptqcli.graph import InputSpec, Prepared, attr, opset
-from ptqcli.qparams import QuantParams, dequantize, quantize
-from ptqcli.scale_table import GroupEntry, ScaleTable
+from ptqcli.quantize.qparams import QuantParams, dequantize, quantize
+from ptqcli.quantize.scale_table import GroupEntry, ScaleTable
 from ptqcli.sim import elementwise, floatops, registry
 from ptqcli.sim.base import Context, Log, NoKernel, scalar
 from ptqcli.sim.fixed import REQUANT, multiplier, saturate, span

@@ -7,11 +7,11 @@ import pathlib
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
-from ptqcli import scale_table
-from ptqcli.dataset import ImageSpec, list_samples
-from ptqcli.evaluate import read_labels
+from ptqcli.analysis.evaluate import read_labels
+from ptqcli.analysis.metrics import finite_or_none
 from ptqcli.graph import prepare
-from ptqcli.metrics import finite_or_none
+from ptqcli.observe.dataset import ImageSpec, list_samples
+from ptqcli.quantize import scale_table
 from ptqcli.sim.compare import Comparison, TensorComparison, compare
 from ptqcli.sim.program import check
 

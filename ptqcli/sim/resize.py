@@ -25,8 +25,8 @@ import numpy as np
 import onnx
 
 from ptqcli.graph import attr, text_attr
-from ptqcli.qparams import QuantParams, dequantize, quantize
-from ptqcli.scale_table import GroupEntry
+from ptqcli.quantize.qparams import QuantParams, dequantize, quantize
+from ptqcli.quantize.scale_table import GroupEntry
 from ptqcli.sim import floatops
 from ptqcli.sim.base import Context, Log, NoKernel, scalar
 from ptqcli.sim.fixed import multiplier, saturate, span

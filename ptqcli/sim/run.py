@@ -13,7 +13,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from ptqcli.errors import DataError
-from ptqcli.qparams import QuantParams, dequantize, quantize
+from ptqcli.quantize.qparams import QuantParams, dequantize, quantize
 from ptqcli.sim.base import Log, Overflow
 from ptqcli.sim.program import CODES, Fallback, Program
 

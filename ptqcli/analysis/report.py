@@ -6,10 +6,10 @@ import pathlib
 from dataclasses import dataclass
 
 from ptqcli import api
-from ptqcli.dataset import list_samples
-from ptqcli.evaluate import Evaluation, evaluate, ort_runner, read_labels
+from ptqcli.analysis.evaluate import Evaluation, evaluate, ort_runner, read_labels
+from ptqcli.analysis.metrics import finite_or_none
 from ptqcli.graph import input_specs, load
-from ptqcli.metrics import finite_or_none
+from ptqcli.observe.dataset import list_samples
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,14 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ptqcli.calibrate import CalibrationOptions, build_table
-from ptqcli.dataset import Feed
-from ptqcli.export_qdq import float_copy, insert_qdq
+from ptqcli.analysis.metrics import Agreement
+from ptqcli.export.qdq import float_copy, insert_qdq
 from ptqcli.graph import Prepared
-from ptqcli.metrics import Agreement
-from ptqcli.observations import Observations
-from ptqcli.qparams import NUMPY, QuantParams
-from ptqcli.scale_table import ScaleTable
+from ptqcli.observe.dataset import Feed
+from ptqcli.observe.observations import Observations
+from ptqcli.quantize.decide import CalibrationOptions, build_table
+from ptqcli.quantize.qparams import NUMPY, QuantParams
+from ptqcli.quantize.scale_table import ScaleTable
 
 CANDIDATES = ("percentile", "mse", "max", "kl")
 #: Calibration samples the search scores on (at most), and the most input values they may hold.
@@ -156,7 +156,7 @@ def spread(files: Sequence, count: int = SAMPLES) -> list:
 def search_feeds(files: Sequence, inputs, *, batch_size: int | None = None, image=None) -> list[Feed]:
     """The feeds the search scores on: samples spread over ``files``, as many as fit in
     ``SAMPLES`` and ``SAMPLE_VALUES`` (large inputs, such as pages for a detector, get fewer)."""
-    from ptqcli.dataset import batches, read_sample
+    from ptqcli.observe.dataset import batches, read_sample
 
     per_sample = sum(a[0].size for a in read_sample(files[0], inputs, image).values())
     count = max(1, min(SAMPLES, SAMPLE_VALUES // max(per_sample, 1)))

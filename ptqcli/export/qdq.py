@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
-
 from typing import Callable
 
 import numpy as np
@@ -27,8 +26,8 @@ from onnx import helper, numpy_helper
 from ptqcli import __version__
 from ptqcli.errors import ModelError, TableError
 from ptqcli.graph import Prepared, opset
-from ptqcli.qparams import NUMPY, QuantParams, quantize, quantize_bias
-from ptqcli.scale_table import ScaleTable
+from ptqcli.quantize.qparams import NUMPY, QuantParams, quantize, quantize_bias
+from ptqcli.quantize.scale_table import ScaleTable
 
 INT16_OPSET = 21
 

@@ -10,12 +10,11 @@ import calibrators
 from calibrators import Range, RangeSpec, histogram
 from ptqcli.errors import ObservationError, OptionError
 from ptqcli.graph import Prepared, opset
-from ptqcli.observations import Observations
-from ptqcli.plan import Group, Structure, analyse
-from ptqcli.qparams import activation_params, bias_floor, bias_params, weight_params
-from ptqcli.scale_table import GroupEntry, NodeEntry, ScaleTable, TensorEntry
-from ptqcli.tensors import ScaleGroups, integer_groups, scale_groups
-
+from ptqcli.observe.observations import Observations
+from ptqcli.quantize.plan import Group, Structure, analyse
+from ptqcli.quantize.qparams import activation_params, bias_floor, bias_params, weight_params
+from ptqcli.quantize.scale_groups import ScaleGroups, integer_groups, scale_groups
+from ptqcli.quantize.scale_table import GroupEntry, NodeEntry, ScaleTable, TensorEntry
 
 #: Operators whose integer form needs more than 8 bits on both sides: Softmax exponentiates its
 #: input (an 8-bit step on attention logits spanning +-50 moves probabilities by 20 %) and
@@ -134,10 +133,10 @@ def _group_range(rep: str, hist: histogram.Histogram, dtype: str, scales: ScaleG
 
 
 def build_table(prepared: Prepared, obs: Observations, options: CalibrationOptions) -> ScaleTable:
-    """The scale table for ``prepared`` from its observations (``auto``: see ``ptqcli.autosearch``)."""
+    """The scale table for ``prepared`` from its observations (``auto``: see ``ptqcli.quantize.autosearch``)."""
     options.validate()
     if options.method == "auto":
-        raise OptionError("method 'auto' needs model runs: use ptqcli.autosearch.search (or api.calibrate)")
+        raise OptionError("method 'auto' needs model runs: use ptqcli.quantize.autosearch.search (or api.calibrate)")
     if obs.fingerprint != prepared.fingerprint:
         raise ObservationError(f"the observations were made on another model (fingerprint "
                                f"{obs.fingerprint[:19]}..., {prepared.source.name} has {prepared.fingerprint[:19]}...)")

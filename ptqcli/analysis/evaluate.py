@@ -9,10 +9,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ptqcli.dataset import ImageSpec, batches
+from ptqcli.analysis.metrics import Agreement, top1
 from ptqcli.errors import DataError
 from ptqcli.graph import InputSpec
-from ptqcli.metrics import Agreement, top1
+from ptqcli.observe.dataset import ImageSpec, batches
 
 
 @dataclass(frozen=True)

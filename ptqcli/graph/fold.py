@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ptqcli.graph import attr
+from ptqcli.graph.index import attr
 
 _CONV = {"Conv", "ConvTranspose"}
 

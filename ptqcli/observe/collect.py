@@ -26,10 +26,10 @@ import onnx
 from onnx import TensorProto, helper
 
 from calibrators import histogram
-from ptqcli.dataset import Batch
 from ptqcli.errors import DataError
 from ptqcli.graph import Prepared, opset
-from ptqcli.observations import Observations
+from ptqcli.observe.dataset import Batch
+from ptqcli.observe.observations import Observations
 
 #: Default cap on histogram values per sample and tensor.
 SUBSAMPLE = 1 << 12

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ptqcli import ops
-from ptqcli.graph import GraphIndex, attr, text_attr
+from ptqcli.graph import GraphIndex, attr, ops, text_attr
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ptqcli import __version__
 from ptqcli.errors import TableError
-from ptqcli.qparams import LIMITS, QuantParams
+from ptqcli.quantize.qparams import LIMITS, QuantParams
 
 SCHEMA_VERSION = 1
 FORMAT = "ptq-scale-table"
@@ -49,7 +49,7 @@ class NodeEntry:
 
 @dataclass(frozen=True)
 class GroupEntry:
-    """One integer operation (see ``ptqcli.plan``)."""
+    """One integer operation (see ``ptqcli.quantize.plan``)."""
 
     kind: str
     nodes: tuple[str, ...]
@@ -156,7 +156,7 @@ def write_text_atomic(path: pathlib.Path, text: str) -> None:
 
 
 def schema() -> dict[str, Any]:
-    text = resources.files("ptqcli").joinpath("schema/scale_table.schema.json").read_text(encoding="utf-8")
+    text = resources.files("ptqcli.quantize").joinpath("schema/scale_table.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ptqcli.graph import GraphIndex
-from ptqcli.plan import Group, Structure
+from ptqcli.quantize.plan import Group, Structure
 
 
 @dataclass(frozen=True)

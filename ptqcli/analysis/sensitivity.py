@@ -20,10 +20,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ptqcli.analysis.metrics import Agreement
 from ptqcli.graph import Prepared
-from ptqcli.metrics import Agreement
-from ptqcli.qparams import NUMPY
-from ptqcli.scale_table import ScaleTable
+from ptqcli.quantize.qparams import NUMPY
+from ptqcli.quantize.scale_table import ScaleTable
 
 
 @dataclass(frozen=True)

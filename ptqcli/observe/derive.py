@@ -10,8 +10,8 @@ from onnx import TensorProto, helper
 
 from calibrators import histogram
 from ptqcli.graph import Prepared
-from ptqcli.observations import Observations
-from ptqcli.plan import Group
+from ptqcli.observe.observations import Observations
+from ptqcli.quantize.plan import Group
 
 
 def island_function(prepared: Prepared, group: Group) -> Callable[[np.ndarray], np.ndarray]:

@@ -1,0 +1,1 @@
+"""Export: the prepared float model and a scale table to a QDQ ONNX model (``qdq``)."""
