@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ptqcli import runtime
 from ptqcli.analysis.metrics import Agreement, top1
 from ptqcli.errors import DataError
 from ptqcli.graph import InputSpec
@@ -49,11 +50,7 @@ Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
 def ort_runner(model_path: str | pathlib.Path) -> tuple[Runner, list[str]]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    session = runtime.session(model_path)
     names = [o.name for o in session.get_outputs()]
     return (lambda feeds: session.run(names, feeds)), names
 

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ptqcli import runtime
 from ptqcli.analysis.metrics import Agreement
 from ptqcli.graph import Prepared
 from ptqcli.quantize.qparams import NUMPY
@@ -116,12 +117,9 @@ def layerwise(prepared: Prepared, table: ScaleTable, feeds: Sequence[dict[str, n
               progress: Callable[[int], None] | None = None) -> tuple[Agreement, list[Sensitivity]]:
     """Agreement with everything quantized, and per scale group (named by its first tensor) and
     per weight with only that one quantized; most sensitive first."""
-    import onnxruntime as ort
 
     sw = switchable_model(prepared, table)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(sw.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = runtime.session(sw.model)
     outputs = [o.name for o in session.get_outputs()]
     off = {key: np.array(False) for key in sw.switch.values()}
     on = {key: np.array(True) for key in sw.switch.values()}

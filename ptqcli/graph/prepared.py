@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from ptqcli import runtime
 from ptqcli.errors import ModelError
 from ptqcli.graph.fold import fold
 from ptqcli.graph.index import GraphIndex, InputSpec, input_specs, opset
+from ptqcli.runtime import Optimization
 
 MIN_OPSET = 13
 
@@ -75,18 +77,9 @@ def _raise_opset(model: onnx.ModelProto, path: pathlib.Path, target: int) -> onn
 
 
 def _ort_basic(model: onnx.ModelProto, path: pathlib.Path) -> onnx.ModelProto:
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory(prefix="ptq-prepare-") as tmp:
         out = os.path.join(tmp, "prepared.onnx")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = out
-        options.log_severity_level = 3
-        try:
-            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ModelError(f"{path}: ONNX Runtime cannot load the model ({_first_line(exc)})") from None
+        runtime.session(model, optimization=Optimization.BASIC, optimized_path=out, where=str(path))
         return onnx.load(out)
 
 

@@ -26,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from calibrators import histogram
+from ptqcli import runtime
 from ptqcli.errors import DataError
 from ptqcli.graph import Prepared, opset
 from ptqcli.observe.dataset import Batch
@@ -58,14 +59,6 @@ def stride_for(row: int, subsample: int) -> int:
         return 1
     k = math.ceil(row / subsample)
     return k if k % 2 else k + 1
-
-
-def _session(model: onnx.ModelProto):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _exposing(prepared: Prepared, tensors: Sequence[str]) -> onnx.ModelProto:
@@ -183,7 +176,7 @@ def _strides(prepared: Prepared, tensors: Sequence[str], sample: Batch, subsampl
     """Run one sample with every tensor exposed: count it, and record each tensor's row length
     and the stride it implies (the plan of :func:`lean_model`).
     Also returns the bytes of the observed tensors of that sample."""
-    session = _session(_exposing(prepared, tensors))
+    session = runtime.session(_exposing(prepared, tensors))
     strides = {}
     values = session.run(list(tensors), sample.feeds)
     footprint = sum(v.nbytes for v in values)
@@ -262,7 +255,7 @@ def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch]
             progress(1)
     size = None if budget is None else max(1, budget // max(footprint, 1))
     model, probes = lean_model(prepared, strides)
-    session = _session(model)
+    session = runtime.session(model)
     names = [o.name for o in session.get_outputs()]
     pending = {t: _Pending() for t in tensors}
     runs = (chunk for batch in itertools.chain([rest] if rest is not None else [], batches)

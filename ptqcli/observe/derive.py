@@ -9,6 +9,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from calibrators import histogram
+from ptqcli import runtime
 from ptqcli.graph import Prepared
 from ptqcli.observe.observations import Observations
 from ptqcli.quantize.plan import Group
@@ -16,7 +17,6 @@ from ptqcli.quantize.plan import Group
 
 def island_function(prepared: Prepared, group: Group) -> Callable[[np.ndarray], np.ndarray]:
     """The float function a table group computes, as ONNX Runtime evaluates it, on a flat array."""
-    import onnxruntime as ort
 
     index = prepared.index
     nodes = [index.node_by_name[n] for n in group.nodes]
@@ -26,9 +26,7 @@ def island_function(prepared: Prepared, group: Group) -> Callable[[np.ndarray], 
                               [index.initializers[i] for i in sorted(used)])
     model = helper.make_model(graph, opset_imports=list(prepared.model.opset_import))
     model.ir_version = prepared.model.ir_version
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = runtime.session(model)
     return lambda x: session.run(None, {group.inputs[0]: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 

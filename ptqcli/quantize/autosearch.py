@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ptqcli import runtime
 from ptqcli.analysis.metrics import Agreement
 from ptqcli.export.qdq import float_copy, insert_qdq
 from ptqcli.graph import Prepared
@@ -68,7 +69,6 @@ class Evaluator:
     """Output SQNR of a quantized configuration against float, on fixed samples."""
 
     def __init__(self, prepared: Prepared, template: ScaleTable, feeds: Sequence[Feed]) -> None:
-        import onnxruntime as ort
 
         self.roots = sorted({e.scale_group for e in template.tensors.values() if e.role == "activation"})
         self._inputs = {r: (f"ptq::scale::{i}", f"ptq::zero::{i}") for i, r in enumerate(self.roots)}
@@ -83,12 +83,9 @@ class Evaluator:
             model.graph.input.extend([helper.make_tensor_value_info(s, onnx.TensorProto.FLOAT, []),
                                       helper.make_tensor_value_info(z, _ONNX_TYPE[self._dtype[root]], [])])
         insert_qdq(model, template, as_inputs)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        providers = ["CPUExecutionProvider"]
-        self._session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        self._session = runtime.session(model)
         self._outputs = [o.name for o in self._session.get_outputs()]
-        reference = ort.InferenceSession(prepared.model.SerializeToString(), options, providers=providers)
+        reference = runtime.session(prepared.model)
         self._feeds = list(feeds)
         self._reference = [reference.run(self._outputs, f) for f in self._feeds]
 

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from ptqcli import runtime
 from ptqcli.analysis.metrics import Agreement, top1
 from ptqcli.errors import DataError
 from ptqcli.export.qdq import export
@@ -124,14 +125,6 @@ class Comparison:
         return sum(t.sim_vs_ort.within1 for t in self.output_codes if t.sim_vs_ort is not None) / total
 
 
-def _session(model: onnx.ModelProto):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
 def _with_outputs(model: onnx.ModelProto, extra: dict[str, int]) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -224,10 +217,10 @@ def compare(prepared: Prepared, table: ScaleTable, files: Sequence[pathlib.Path]
     # Inner codes come from the QuantizeLinear outputs of an instrumented copy (exposing them
     # changes no result); the plain copy gives the outputs and the timing.
     code_names = _code_tensors(qdq, inner)
-    plain = _session(qdq)
-    probe = _session(_with_outputs(qdq, {c: ELEM[program.params[t].dtype] for t, c in code_names.items()})) \
+    plain = runtime.session(qdq)
+    probe = runtime.session(_with_outputs(qdq, {c: ELEM[program.params[t].dtype] for t, c in code_names.items()})) \
         if code_names else None
-    reference = _session(_with_outputs(prepared.model, {t: onnx.TensorProto.FLOAT for t in inner}))
+    reference = runtime.session(_with_outputs(prepared.model, {t: onnx.TensorProto.FLOAT for t in inner}))
     stats = {t: TensorComparison(t, program.params[t].dtype if t in program.params else None,
                                  sim_vs_ort=Codes() if t in program.params else None) for t in watched}
     counts = dict.fromkeys(("sim_vs_float", "ort_vs_float", "sim_vs_ort", "float", "ort", "sim"), 0)

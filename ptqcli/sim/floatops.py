@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ptqcli import runtime
 from ptqcli.errors import UnsupportedError
 from ptqcli.graph import attr, ops
 from ptqcli.sim.base import Context, Log
@@ -58,18 +59,7 @@ def cut(ctx: Context, nodes: Sequence[onnx.NodeProto], outputs: Sequence[str]) -
 
 def session(model: onnx.ModelProto, where: str):
     """An ONNX Runtime session on one thread (many small sessions must not each spin a pool)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        text = str(exc).strip().splitlines()
-        raise UnsupportedError(f"{where}: ONNX Runtime cannot run it in float "
-                               f"({text[0] if text else type(exc).__name__})") from None
+    return runtime.session(model, threads=1, error=UnsupportedError, where=f"{where} (run in float)")
 
 
 @dataclass(frozen=True)
