@@ -24,6 +24,10 @@ from ptqcli.errors import PtqError
 from ptqcli.observe.dataset import ImageSpec
 from ptqcli.quantize.decide import CalibrationOptions
 from ptqcli.sim.fixed import REQUANT
+from ptqcli.sim.pairs import CPUS
+from ptqcli.targets import Target
+
+SIM_CPUS = CPUS + ("native",)
 
 
 class _Failure(click.ClickException):
@@ -195,16 +199,21 @@ def main() -> None:
 @click.option("--exclude", multiple=True, metavar="NAME|OPTYPE", help="Node name or operator type kept in float (repeatable).")
 @click.option("--fixed-range", "fixed_range", multiple=True, type=_Pair("NAME=LO:HI", "NAME=LO:HI", _lo_hi),
               help="Fixed range for a tensor with physical meaning (repeatable).")
+@click.option("--cpu", type=click.Choice([t.value for t in Target]), default=Target.ANY.value, show_default=True,
+              help="Deployment CPU. 'any' and 'x86-avx2' raise the scale of weight channels whose codes could "
+                   "saturate the int16 pair sums of x86 CPUs without VNNI; 'x86-vnni' and 'arm' keep full "
+                   "8-bit weights.")
 @_data_options
 @_reported
 def calibrate(model, data, output, observations, method, method_for, percentile, symmetric, per_tensor_weights,
-              int16, all_int8, exclude, fixed_range, batch_size, limit, size, mean, std, layout, bgr, quiet, as_json) -> None:
+              int16, all_int8, exclude, fixed_range, cpu, batch_size, limit, size, mean, std, layout, bgr, quiet,
+              as_json) -> None:
     """Observe MODEL on --data once and write its scale table."""
     options = CalibrationOptions(
         method=method, method_for=tuple(method_for), percentile=percentile, symmetric=symmetric,
         per_channel=not per_tensor_weights, int16=tuple(int16), sensitive_int16=not all_int8,
         exclude=tuple(exclude),
-        fixed_ranges=tuple((n, lo, hi) for n, (lo, hi) in fixed_range))
+        fixed_ranges=tuple((n, lo, hi) for n, (lo, hi) in fixed_range), cpu=cpu)
     result = api.calibrate(model, data=data, output=output, observations=observations, options=options,
                            data_options=_data(batch_size, limit, size, mean, std, layout, bgr),
                            progress=_progress("observing", quiet or as_json))
@@ -274,10 +283,14 @@ def evaluate(float_model, quantized_model, data, labels, batch_size, limit, size
 @click.option("--requant", type=click.Choice(REQUANT), default="fixed", show_default=True,
               help="Requantization arithmetic: 'fixed' is an int32 multiplier and a rounding shift (integer "
                    "hardware); 'fp32' is a float32 factor as ONNX Runtime's CPU kernels and XNNPACK apply it.")
+@click.option("--cpu", type=click.Choice(SIM_CPUS), default="exact", show_default=True,
+              help="Accumulation: 'exact' int32 (x86 with VNNI, ARM, integer accelerators); 'x86-avx2' adds "
+                   "uint8 x int8 products in saturating int16 pairs as ONNX Runtime does on x86 CPUs without "
+                   "VNNI; 'native' is whichever of the two this machine's ONNX Runtime uses.")
 @_data_options
 @_reported
-def simulate(model, table_path, data, labels, per_layer, requant, batch_size, limit, size, mean, std, layout, bgr,
-             quiet, as_json) -> None:
+def simulate(model, table_path, data, labels, per_layer, requant, cpu, batch_size, limit, size, mean, std, layout,
+             bgr, quiet, as_json) -> None:
     """Run MODEL quantized with --table in the NumPy integer simulator on --data; compare it with
     float and with ONNX Runtime running the exported QDQ model."""
     from ptqcli.sim.report import simulation_report
@@ -285,7 +298,7 @@ def simulate(model, table_path, data, labels, per_layer, requant, batch_size, li
     options = _data(batch_size, limit, size, mean, std, layout, bgr)
     report = simulation_report(model, table_path, data, labels=labels, batch_size=options.batch_size,
                                limit=options.limit, image=options.image, per_layer=per_layer, requant=requant,
-                               progress=_progress("simulating", quiet or as_json))
+                               cpu=cpu, progress=_progress("simulating", quiet or as_json))
     if as_json:
         _emit_json(report.as_json())
     else:
