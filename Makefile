@@ -65,7 +65,7 @@ bench: bench-data
 
 # The remedies for x86 AVX2 int16 pair saturation, side by side (writes bench/results-saturation.*).
 bench-saturation: bench-data qemu
-	$(BIN)/python -m bench.saturation --qemu
+	$(BIN)/python -m bench.saturation --qemu cls,magika
 
 bench-smoke: install bench-fonts
 	$(BIN)/python -m bench.fetch
