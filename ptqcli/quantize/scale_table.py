@@ -156,7 +156,7 @@ def write_text_atomic(path: pathlib.Path, text: str) -> None:
 
 
 def schema() -> dict[str, Any]:
-    text = resources.files("ptqcli.quantize").joinpath("schema/scale_table.schema.json").read_text(encoding="utf-8")
+    text = resources.files("ptqcli.quantize.schema").joinpath("scale_table.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 
