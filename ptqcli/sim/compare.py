@@ -49,12 +49,14 @@ class Codes:
                      self.count + d.size, max(self.max_diff, int(d.max(initial=0))))
 
     @property
-    def equal_fraction(self) -> float:
-        return self.equal / self.count if self.count else 1.0
+    def equal_fraction(self) -> float | None:
+        """Fraction of codes equal; None when nothing was compared (not a vacuous 100 %)."""
+        return self.equal / self.count if self.count else None
 
     @property
-    def within1_fraction(self) -> float:
-        return self.within1 / self.count if self.count else 1.0
+    def within1_fraction(self) -> float | None:
+        """Fraction of codes at most one apart; None when nothing was compared."""
+        return self.within1 / self.count if self.count else None
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,8 @@ def _tensor_text(t: TensorComparison) -> str:
 
 def _codes_text(t: TensorComparison) -> str:
     codes = t.sim_vs_ort
+    if not codes.count:
+        return f"{t.dtype} codes not compared (ORT QDQ exposes none for this tensor)"
     return (f"{t.dtype} codes vs ORT QDQ {codes.equal_fraction:.2%} equal, {codes.within1_fraction:.2%} "
             f"within 1 (max {codes.max_diff})")
 
