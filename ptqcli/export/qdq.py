@@ -15,8 +15,6 @@ The opset is at least 13 (QuantizeLinear's ``axis``) and 21 when a tensor is int
 from __future__ import annotations
 
 import os
-import pathlib
-import tempfile
 from typing import Callable
 
 import numpy as np
@@ -25,6 +23,7 @@ from onnx import helper, numpy_helper
 
 from ptqcli import __version__
 from ptqcli.errors import ModelError, TableError
+from ptqcli.files import write_atomic
 from ptqcli.graph import Prepared, opset
 from ptqcli.quantize.qparams import NUMPY, QuantParams, quantize, quantize_bias
 from ptqcli.quantize.scale_table import ScaleTable
@@ -159,14 +158,5 @@ def export(prepared: Prepared, table: ScaleTable) -> onnx.ModelProto:
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write atomically: temporary file beside ``path``, then rename."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write atomically (see ``ptqcli.files``)."""
+    write_atomic(path, lambda f: f.write(model.SerializeToString()))

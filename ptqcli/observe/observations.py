@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from calibrators.histogram import Histogram
 from ptqcli import __version__
 from ptqcli.errors import ObservationError
+from ptqcli.files import write_atomic
 
 FORMAT = "ptq-observations"
 VERSION = 1
@@ -33,7 +33,7 @@ class Observations:
 
 
 def save(obs: Observations, path: str | os.PathLike) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
+    """Write atomically (see ``ptqcli.files``)."""
     path = pathlib.Path(path)
     names = sorted(obs.histograms)
     meta = {"format": FORMAT, "version": VERSION, "tool": __version__, "fingerprint": obs.fingerprint,
@@ -44,14 +44,7 @@ def save(obs: Observations, path: str | os.PathLike) -> None:
         arrays[f"t{i}_counts"] = h.counts
         arrays[f"t{i}_grid"] = np.array([h.width_exp, h.offset], dtype=np.int64)
         arrays[f"t{i}_extremes"] = np.array([h.minimum, h.maximum], dtype=np.float64)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def load(path: str | os.PathLike) -> Observations:
