@@ -47,8 +47,23 @@ def save(obs: Observations, path: str | os.PathLike) -> None:
     write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
 
 
+#: Every ``.npz`` file is a zip archive and starts with a zip local file header.
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
 def load(path: str | os.PathLike) -> Observations:
+    """Read an observation file written by ``save``; any problem is an ``ObservationError``."""
     path = pathlib.Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_ZIP_MAGIC))
+    except FileNotFoundError:
+        raise ObservationError(f"{path}: no such observation file") from None
+    except OSError as exc:
+        raise ObservationError(f"{path}: cannot read observations ({exc.strerror})") from None
+    if head != _ZIP_MAGIC:
+        raise ObservationError(f"{path}: not a ptq observation file (the .obs.npz archive that ptq "
+                               f"calibrate writes beside its table)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(bytes(npz["meta"]).decode())

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper
 
 from ptqcli import runtime
-from ptqcli.analysis.metrics import Agreement, top1
+from ptqcli.analysis.metrics import Agreement, class_scores, top1
 from ptqcli.errors import DataError
 from ptqcli.export.qdq import export
 from ptqcli.graph import Prepared
@@ -256,10 +256,9 @@ def compare(prepared: Prepared, table: ScaleTable, files: Sequence[pathlib.Path]
         for o in sim.overflows:
             prev = overflows.get(o.node, Overflow(o.node, 0, 0))
             overflows[o.node] = Overflow(o.node, prev.count + o.count, max(prev.peak, o.peak))
-        first = ref[outputs[0]]
-        if np.ndim(first) >= 2 and len(first) == batch.count:
+        if class_scores(ref[outputs[0]], batch.count):
             classified = True
-            pf, po, ps = top1(first), top1(ort_out[outputs[0]]), top1(sim.tensors[outputs[0]].values)
+            pf, po, ps = top1(ref[outputs[0]]), top1(ort_out[outputs[0]]), top1(sim.tensors[outputs[0]].values)
             counts["sim_vs_float"] += int((ps == pf).sum())
             counts["ort_vs_float"] += int((po == pf).sum())
             counts["sim_vs_ort"] += int((ps == po).sum())

@@ -16,7 +16,8 @@ from typing import Iterable
 import numpy as np
 import onnx
 
-from ptqcli.errors import OptionError, TableError
+from ptqcli.errors import Option, OptionError, TableError
+from ptqcli.export.qdq import check_params
 from ptqcli.graph import InputSpec, Prepared, attr, opset
 from ptqcli.quantize.qparams import QuantParams, dequantize, quantize
 from ptqcli.quantize.scale_table import GroupEntry, ScaleTable
@@ -95,6 +96,7 @@ def check(prepared: Prepared, table: ScaleTable) -> None:
     for name in table.tensors:
         if name not in index.producer and name not in index.initializers and name not in index.input_names:
             raise TableError(f"{label}: tensor {name!r} is not in {prepared.source.name}")
+    check_params(prepared, table, label)
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ def build(prepared: Prepared, table: ScaleTable, *, keep: Iterable[str] = (), re
     besides the graph outputs; ``requant``: the arithmetic of requantization, ``fixed`` or
     ``fp32`` (see :mod:`ptqcli.sim.fixed`)."""
     if requant not in REQUANT:
-        raise OptionError(f"--requant {requant!r}: expected one of {', '.join(REQUANT)}")
+        raise OptionError(Option("requant", requant), f": expected one of {', '.join(REQUANT)}")
     check(prepared, table)
     index = prepared.index
     ctx = Context(index, table, opset(prepared.model), tuple(prepared.model.opset_import), prepared.model.ir_version,

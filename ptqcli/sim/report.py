@@ -10,7 +10,7 @@ from typing import Callable, ContextManager
 from ptqcli.analysis.evaluate import read_labels
 from ptqcli.analysis.metrics import finite_or_none
 from ptqcli.graph import prepare
-from ptqcli.observe.dataset import ImageSpec, list_samples
+from ptqcli.observe.dataset import ImageSpec, image_note, list_samples
 from ptqcli.quantize import scale_table
 from ptqcli.sim.compare import Comparison, TensorComparison, compare
 from ptqcli.sim.program import check
@@ -127,6 +127,7 @@ def simulation_report(model: pathlib.Path, table: pathlib.Path, data: pathlib.Pa
     loaded = scale_table.load(table)
     check(prepared, loaded)
     files = list_samples(data, limit=limit)
+    image_note(files, prepared.inputs, image)
     with progress(len(files)) as update:
         result = compare(prepared, loaded, files, batch_size=batch_size, image=image,
                          labels=read_labels(labels) if labels else None, per_layer=per_layer,
