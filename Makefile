@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO := build/demo
 SAMPLES := sample_models
 
-.PHONY: install demo demo-all test bench bench-data bench-fonts bench-smoke samples clean
+.PHONY: install qemu demo demo-all test bench bench-data bench-fonts bench-smoke bench-saturation samples clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,7 +42,14 @@ demo-all: install
 	  done; \
 	done
 
-test: install
+# qemu-user shows ONNX Runtime an x86 CPU without VNNI (-cpu Haswell), so tests/test_qemu_avx2.py
+# checks its saturating AVX2 kernels on any x86 machine.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+qemu:
+	@command -v qemu-x86_64 >/dev/null 2>&1 || [ "$$(uname -m)" != x86_64 ] || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq qemu-user >/dev/null)
+
+test: install qemu
 	$(BIN)/pytest tests
 
 # Real-model benchmark (bench/README in README.md): models from PyPI wheels, data rendered from
@@ -57,6 +64,10 @@ bench-data: install bench-fonts
 
 bench: bench-data
 	$(BIN)/python -m bench.run
+
+# The remedies for x86 AVX2 int16 pair saturation, side by side (writes bench/results-saturation.*).
+bench-saturation: bench-data qemu
+	$(BIN)/python -m bench.saturation --qemu
 
 bench-smoke: install bench-fonts
 	$(BIN)/python -m bench.fetch

@@ -5,3 +5,8 @@ errors stay instant); the modules that implement them import them from here."""
 #: rounding right shift (integer hardware, TFLite, most NPUs), or a float32 factor (ONNX
 #: Runtime's CPU kernels, XNNPACK).
 REQUANT = ("fixed", "fp32")
+
+#: The accumulation arithmetics the simulator models (``ptqcli.sim.pairs``): every product
+#: summed exactly (x86 VNNI, ARM, integer accelerators), or in saturating int16 pairs (x86 AVX2
+#: without VNNI).
+CPUS = ("exact", "x86-avx2")

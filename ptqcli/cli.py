@@ -27,11 +27,14 @@ import click
 
 import calibrators
 from ptqcli import __version__
-from ptqcli.choices import REQUANT
+from ptqcli.choices import CPUS, REQUANT
 from ptqcli.errors import Interrupted, OptionError, PtqError
+from ptqcli.targets import Target
 
 if TYPE_CHECKING:
     from ptqcli import api
+
+SIM_CPUS = CPUS + ("native",)
 
 #: How the CLI spells an option that an error names by its Python keyword (the rest: ``--name``).
 FLAGS = {"output": "-o", "per_channel": "--per-tensor-weights", "sensitive_int16": "--all-int8",
@@ -286,10 +289,15 @@ def main() -> None:
 @click.option("--exclude", multiple=True, metavar="NAME|OPTYPE", help="Node name or operator type kept in float (repeatable).")
 @click.option("--fixed-range", "fixed_range", multiple=True, type=_Pair("NAME=LO:HI", "NAME=LO:HI", _lo_hi),
               help="Fixed range for a tensor with physical meaning (repeatable).")
+@click.option("--cpu", type=click.Choice([t.value for t in Target]), default=Target.ANY.value, show_default=True,
+              help="Deployment CPU. 'any' and 'x86-avx2' raise the scale of weight channels whose codes could "
+                   "saturate the int16 pair sums of x86 CPUs without VNNI; 'x86-vnni' and 'arm' keep full "
+                   "8-bit weights.")
 @_data_options
 @_reported
 def calibrate(model, data, output, observations, method, method_for, percentile, symmetric, per_tensor_weights,
-              int16, all_int8, exclude, fixed_range, batch_size, limit, size, mean, std, layout, bgr, quiet, as_json) -> None:
+              int16, all_int8, exclude, fixed_range, cpu, batch_size, limit, size, mean, std, layout, bgr, quiet,
+              as_json) -> None:
     """Observe MODEL on --data once and write its scale table."""
     from ptqcli import api
 
@@ -297,7 +305,7 @@ def calibrate(model, data, output, observations, method, method_for, percentile,
         method=method, method_for=tuple(method_for), percentile=percentile, symmetric=symmetric,
         per_channel=not per_tensor_weights, int16=tuple(int16), sensitive_int16=not all_int8,
         exclude=tuple(exclude),
-        fixed_ranges=tuple((n, lo, hi) for n, (lo, hi) in fixed_range))
+        fixed_ranges=tuple((n, lo, hi) for n, (lo, hi) in fixed_range), cpu=cpu)
     silent = quiet or as_json
     ranges = _progress("searching (auto)", silent, unit="steps") if method == "auto" else \
         _progress("choosing ranges", silent, unit="scale groups")
@@ -374,10 +382,14 @@ def evaluate(float_model, quantized_model, data, labels, batch_size, limit, size
 @click.option("--requant", type=click.Choice(REQUANT), default="fixed", show_default=True,
               help="Requantization arithmetic: 'fixed' is an int32 multiplier and a rounding shift (integer "
                    "hardware); 'fp32' is a float32 factor as ONNX Runtime's CPU kernels and XNNPACK apply it.")
+@click.option("--cpu", type=click.Choice(SIM_CPUS), default="exact", show_default=True,
+              help="Accumulation: 'exact' int32 (x86 with VNNI, ARM, integer accelerators); 'x86-avx2' adds "
+                   "uint8 x int8 products in saturating int16 pairs as ONNX Runtime does on x86 CPUs without "
+                   "VNNI; 'native' is whichever of the two this machine's ONNX Runtime uses.")
 @_data_options
 @_reported
-def simulate(model, table_path, data, labels, per_layer, requant, batch_size, limit, size, mean, std, layout, bgr,
-             quiet, as_json) -> None:
+def simulate(model, table_path, data, labels, per_layer, requant, cpu, batch_size, limit, size, mean, std, layout,
+             bgr, quiet, as_json) -> None:
     """Run MODEL quantized with --table in the NumPy integer simulator on --data; compare it with
     float and with ONNX Runtime running the exported QDQ model."""
     from ptqcli.sim.report import simulation_report
@@ -385,7 +397,7 @@ def simulate(model, table_path, data, labels, per_layer, requant, batch_size, li
     options = _data(batch_size, limit, size, mean, std, layout, bgr)
     report = simulation_report(model, table_path, data, labels=labels, batch_size=options.batch_size,
                                limit=options.limit, image=options.image, per_layer=per_layer, requant=requant,
-                               progress=_progress("simulating", quiet or as_json))
+                               cpu=cpu, progress=_progress("simulating", quiet or as_json))
     if as_json:
         _emit_json(report.as_json())
     else:

@@ -17,6 +17,7 @@ from ptqcli.observe.dataset import list_samples
 from ptqcli.quantize import scale_table
 from ptqcli.quantize.autosearch import spread
 from ptqcli.quantize.decide import CalibrationOptions
+from ptqcli.sim import simulate
 
 METHODS = ["max", "percentile", "kl", "mse"]
 
@@ -68,10 +69,13 @@ def test_exported_model_matches_numpy_fake_quant_reference(cnn_tables, cnn_model
     plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     unfused = ort.InferenceSession(str(qdq), plain, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     assert np.allclose(unfused, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    # with its graph optimizations ONNX Runtime fuses Q/DQ into integer kernels: same codes, float noise
+    # With its graph optimizations ONNX Runtime runs fused integer kernels, which requantize with
+    # float32 factors (a tie of the reference can round the other way) and, on x86 without VNNI,
+    # add products in int16 pairs: the simulator models both ("native": this machine's kernels).
     fused = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
-    assert np.abs(fused - want).max() <= 1e-3 * np.abs(want).max()
-    assert np.array_equal(fused.argmax(1), want.argmax(1))
+    sim = simulate(prepared, table, {"image": x}, requant="fp32", cpu="native").tensors["logits"].values
+    assert np.abs(fused - sim).max() <= 1e-5 * np.abs(sim).max()
+    assert np.mean(fused.argmax(1) == want.argmax(1)) >= 0.95
 
 
 def test_table_is_byte_identical_across_runs_batch_sizes_and_file_order(tmp_path, cnn_model, calib_dir):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -10,12 +10,13 @@ import numpy as np
 import calibrators
 from calibrators import Range, RangeSpec, histogram
 from ptqcli.errors import ObservationError, Option, OptionError, UnsupportedError
-from ptqcli.graph import Prepared, opset, subgraph_note
+from ptqcli.graph import Prepared, attr, opset, subgraph_note
 from ptqcli.observe.observations import Observations
 from ptqcli.quantize.plan import Group, Structure, analyse
-from ptqcli.quantize.qparams import activation_params, bias_floor, bias_params, weight_params
+from ptqcli.quantize.qparams import QuantParams, activation_params, bias_floor, bias_params, weight_params
 from ptqcli.quantize.scale_groups import ScaleGroups, integer_groups, scale_groups
 from ptqcli.quantize.scale_table import GroupEntry, NodeEntry, ScaleTable, TensorEntry
+from ptqcli.targets import Target, pair_safe_scales, reduction_rows
 
 #: Operators whose integer form needs more than 8 bits on both sides: Softmax exponentiates its
 #: input (an 8-bit step on attention logits spanning +-50 moves probabilities by 20 %) and
@@ -33,7 +34,9 @@ class CalibrationOptions:
     per-output-channel weight scales; ``int16``: tensor or node names computed with 16-bit
     activations; ``sensitive_int16``: inputs and outputs of ``SENSITIVE`` operators are 16-bit
     too; ``exclude``: node names or op types left in float; ``fixed_ranges``:
-    (tensor, lo, hi) ranges given by the user."""
+    (tensor, lo, hi) ranges given by the user; ``cpu``: the deployment target
+    (:class:`ptqcli.targets.Target`): ``any`` and ``x86-avx2`` keep every pair of weight codes
+    within what x86 AVX2 kernels can add in int16."""
 
     method: str = "mse"
     method_for: tuple[tuple[str, str], ...] = ()
@@ -44,6 +47,7 @@ class CalibrationOptions:
     sensitive_int16: bool = True
     exclude: tuple[str, ...] = ()
     fixed_ranges: tuple[tuple[str, float, float], ...] = ()
+    cpu: str = Target.ANY.value
 
     def validate(self) -> None:
         if self.method not in calibrators.METHODS and self.method != "auto":
@@ -53,6 +57,9 @@ class CalibrationOptions:
             if name not in calibrators.METHODS:
                 raise OptionError(Option("method_for", f"{tensor}={name}"), f": unknown range method; known: "
                                   f"{', '.join(calibrators.METHODS)}")
+        if self.cpu not in {t.value for t in Target}:
+            raise OptionError(Option("cpu", self.cpu), f": unknown CPU target; known: "
+                              f"{', '.join(t.value for t in Target)}")
         if not 0.0 < self.percentile <= 100.0:
             raise OptionError(Option("percentile"), f" must be in (0, 100], got {self.percentile!r}")
         for name, lo, hi in self.fixed_ranges:
@@ -207,8 +214,12 @@ def _weights(prepared: Prepared, g: Group, tensors: dict[str, TensorEntry], opti
         if g.bias is not None:
             floor = bias_floor(index.array(g.bias), tensors[g.inputs[0]].params, axis is not None)
         wp = weight_params(w, axis, min_scale=floor)
+        method = "max"
+        if Target(options.cpu).pairs_saturate:
+            wp, raised = _pair_safe(index.node_by_name[g.anchor], w, wp)
+            method = "max-pairs" if raised else method
         amax = float(np.abs(w).max()) if w.size else 0.0
-        tensors[g.weight] = TensorEntry("weight", wp, "max", (-amax, amax), _extremes(w))
+        tensors[g.weight] = TensorEntry("weight", wp, method, (-amax, amax), _extremes(w))
         if g.bias is not None:
             b = index.array(g.bias)
             bp = bias_params(tensors[g.inputs[0]].params, wp, b.size, b.ndim - 1)
@@ -219,6 +230,28 @@ def _weights(prepared: Prepared, g: Group, tensors: dict[str, TensorEntry], opti
             p = weight_params(value, None) if index.is_float(c) else None
             if p is not None:
                 tensors[c] = TensorEntry("constant", p, "max", (-p.scale[0] * 127, p.scale[0] * 127), _extremes(value))
+
+
+def _pair_safe(node, w: np.ndarray, wp: QuantParams) -> tuple[QuantParams, bool]:
+    """``wp`` with the scales raised where two weight codes that x86 AVX2 kernels add in one
+    int16 pair could saturate it (``ptqcli.targets``), and whether any was raised."""
+    rows = reduction_rows(node.op_type, w, group=int(attr(node, "group", 1)), trans_b=bool(attr(node, "transB", 0)))
+    if rows is None or (wp.axis is not None and wp.axis != _channel_axis(node, w)):
+        return wp, False
+    scales = np.asarray(wp.scale, dtype=np.float32)
+    safe = pair_safe_scales(rows, scales)
+    if np.array_equal(safe, scales):
+        return wp, False
+    return replace(wp, scale=tuple(float(s) for s in safe)), True
+
+
+def _channel_axis(node, w: np.ndarray) -> int:
+    """The weight axis of the output channels, as :func:`ptqcli.targets.reduction_rows` orders them."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if attr(node, "transB", 0) else 1
+    return w.ndim - 1
 
 
 def _options_json(options: CalibrationOptions) -> dict:

@@ -87,20 +87,36 @@ import numpy as np
 from ptqcli.graph import Prepared, prepare
 from ptqcli.quantize.scale_table import ScaleTable
 from ptqcli.quantize.scale_table import load as load_table
+from ptqcli.sim.pairs import CPUS, Saturation
 from ptqcli.sim.program import Fallback, Program, build
 from ptqcli.sim.run import SimOutputs, SimTensor, run
 
-__all__ = ["Fallback", "Program", "SimOutputs", "SimTensor", "build", "run", "simulate"]
+__all__ = ["CPUS", "Fallback", "Program", "Saturation", "SimOutputs", "SimTensor", "build", "resolve_cpu", "run",
+           "simulate"]
 
 
 def simulate(model: Prepared | str | os.PathLike, table: ScaleTable | str | os.PathLike,
-             inputs: Mapping[str, np.ndarray], *, tensors: Iterable[str] = (), requant: str = "fixed") -> SimOutputs:
+             inputs: Mapping[str, np.ndarray], *, tensors: Iterable[str] = (), requant: str = "fixed",
+             cpu: str = "exact") -> SimOutputs:
     """Simulate ``model`` quantized by ``table`` on one batch of ``inputs``.
 
     Returns the graph outputs and every tensor named in ``tensors``: integer codes (for
     quantized tensors) and float32 values (dequantized codes, or the float result).
-    ``requant``: ``fixed`` (integer multiplier and shift) or ``fp32`` (float32 factor)."""
+    ``requant``: ``fixed`` (integer multiplier and shift) or ``fp32`` (float32 factor);
+    ``cpu``: ``exact`` accumulation, ``x86-avx2`` (int16 pair sums), or ``native`` (whichever
+    of the two this machine's ONNX Runtime uses, see :func:`resolve_cpu`)."""
     prepared = model if isinstance(model, Prepared) else prepare(model)
     loaded = table if isinstance(table, ScaleTable) else load_table(table)
     tensors = tuple(tensors)
-    return run(build(prepared, loaded, keep=tensors, requant=requant), inputs, keep=tensors)
+    program = build(prepared, loaded, keep=tensors, requant=requant, cpu=resolve_cpu(cpu))
+    return run(program, inputs, keep=tensors)
+
+
+def resolve_cpu(cpu: str) -> str:
+    """``native`` -> the accumulation this machine's ONNX Runtime uses (measured by
+    :func:`ptqcli.runtime.int8_arithmetic`); other names unchanged."""
+    if cpu != "native":
+        return cpu
+    from ptqcli.runtime import int8_arithmetic
+
+    return int8_arithmetic().cpu
