@@ -77,6 +77,7 @@ class SensitivityResult:
 
     all_quantized: Agreement
     points: list[Sensitivity]
+    arithmetic: str = ""  # what the agreements were measured with, and what this CPU's kernels do
 
 
 def default_table_path(model: PathLike) -> _pathlib.Path:
@@ -227,34 +228,42 @@ def export(model: PathLike, table: PathLike, output: PathLike) -> _pathlib.Path:
 
 
 def evaluate(float_model: PathLike, quantized_model: PathLike, data: PathLike, *,
-             labels: PathLike | None = None, data_options: DataOptions = DataOptions(),
+             labels: PathLike | None = None, data_options: DataOptions = DataOptions(), reference: bool = False,
              progress: ProgressFactory = _no_progress) -> Evaluation:
     """Run both models over ``data``: per output SQNR and cosine of the quantized model against
     float; top-1 agreement for a ``[N, classes]`` first output; with ``labels`` (CSV rows
-    ``file,label``), the accuracy of both."""
+    ``file,label``), the accuracy of both.  The quantized model runs on this CPU's fused int8
+    kernels (ONNX Runtime's default), or with ``reference`` on the reference arithmetic; the
+    result says which (``Evaluation.arithmetic``)."""
+    import dataclasses
+
+    from ptqcli.analysis.evaluate import describe_run, ort_runner, read_labels
     from ptqcli.analysis.evaluate import evaluate as run_both
-    from ptqcli.analysis.evaluate import ort_runner, read_labels
     from ptqcli.graph import input_specs, load
     from ptqcli.observe.dataset import image_note, list_samples
+    from ptqcli.runtime import Optimization
 
     inputs = input_specs(load(float_model))
     load(quantized_model)
     files = list_samples(data, limit=data_options.limit)
     image_note(files, inputs, data_options.image)
+    optimization = Optimization.NONE if reference else Optimization.ALL
     ref, names = ort_runner(float_model)
-    cand, _ = ort_runner(quantized_model)
+    cand, _ = ort_runner(quantized_model, optimization)
     with progress(len(files)) as update:
-        return run_both(ref, cand, names, files, inputs, labels=read_labels(labels) if labels else None,
-                        batch_size=data_options.batch_size, image=data_options.image, progress=update)
+        result = run_both(ref, cand, names, files, inputs, labels=read_labels(labels) if labels else None,
+                          batch_size=data_options.batch_size, image=data_options.image, progress=update)
+    return dataclasses.replace(result, arithmetic=describe_run(optimization))
 
 
 def simulate(model: PathLike, table: PathLike | ScaleTable, inputs: _typing.Mapping[str, _typing.Any], *,
-             tensors: _typing.Iterable[str] = (), requant: str = "fixed") -> SimOutputs:
+             tensors: _typing.Iterable[str] = (), requant: str = "fixed", cpu: str = "exact") -> SimOutputs:
     """The NumPy integer simulator on one batch of ``inputs`` (see ``ptqcli.sim``): integer codes
-    and dequantized values of the graph outputs and of every tensor named in ``tensors``."""
+    and dequantized values of the graph outputs and of every tensor named in ``tensors``.
+    ``requant``: ``fixed`` or ``fp32``; ``cpu``: ``exact``, ``x86-avx2`` or ``native``."""
     from ptqcli.sim import simulate as simulate_batch
 
-    return simulate_batch(model, table, inputs, tensors=tensors, requant=requant)
+    return simulate_batch(model, table, inputs, tensors=tensors, requant=requant, cpu=cpu)
 
 
 def sensitivity(model: PathLike, table: PathLike, data: PathLike, data_options: DataOptions = DataOptions(limit=16),
@@ -277,4 +286,21 @@ def sensitivity(model: PathLike, table: PathLike, data: PathLike, data_options: 
                                                 image=data_options.image)]
     with progress(len(points(loaded))) as update:
         everything, ranked = layerwise(prepared, loaded, feeds, progress=update)
-    return SensitivityResult(everything, ranked)
+    return SensitivityResult(everything, ranked, sensitivity_arithmetic(loaded))
+
+
+def sensitivity_arithmetic(table: ScaleTable) -> str:
+    """The arithmetic ``sensitivity`` measures (one ONNX Runtime session whose quantization
+    points are switched in float never reaches the fused int8 kernels), what this CPU's kernels
+    compute, and a warning when the table's weights can saturate them."""
+    from ptqcli.runtime import int8_arithmetic
+    from ptqcli.targets import Target
+
+    here = int8_arithmetic()
+    text = ("measured with ONNX Runtime's reference arithmetic (each point quantized and dequantized in "
+            f"float); on this machine {here.describe()}")
+    target = table.options.get("cpu", Target.X86_VNNI.value)  # tables older than --cpu kept 8-bit weights
+    if here.saturating and not Target(target).pairs_saturate:
+        text += (f"; this table was calibrated for --cpu {target}, so the fused kernels here can saturate "
+                 "where this analysis does not: see ptq simulate --cpu native --per-layer")
+    return text

@@ -353,15 +353,19 @@ def export(model, table_path, output, quiet) -> None:
 @click.option("--data", required=True, type=click.Path(path_type=pathlib.Path), help="Folder of samples.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
               help="CSV of 'file,label' rows: report top-1 accuracy of both models.")
+@click.option("--reference", is_flag=True,
+              help="Run the quantized model with ONNX Runtime's graph optimizations off: the reference "
+                   "arithmetic (DequantizeLinear, float operator, QuantizeLinear) instead of this CPU's fused "
+                   "int8 kernels.")
 @_data_options
 @_reported
-def evaluate(float_model, quantized_model, data, labels, batch_size, limit, size, mean, std, layout, bgr,
+def evaluate(float_model, quantized_model, data, labels, reference, batch_size, limit, size, mean, std, layout, bgr,
              quiet, as_json) -> None:
     """Compare QUANTIZED_MODEL with FLOAT_MODEL on --data: SQNR, cosine, top-1 agreement, accuracy."""
     from ptqcli import api
     from ptqcli.analysis.report import EvaluationReport
 
-    evaluation = api.evaluate(float_model, quantized_model, data, labels=labels,
+    evaluation = api.evaluate(float_model, quantized_model, data, labels=labels, reference=reference,
                               data_options=_data(batch_size, limit, size, mean, std, layout, bgr),
                               progress=_progress("evaluating", quiet or as_json))
     report = EvaluationReport(str(float_model), str(quantized_model), evaluation)
@@ -423,10 +427,12 @@ def sensitivity(model, table_path, data, top, batch_size, limit, size, mean, std
                              _progress("analysing", quiet or as_json, unit="quantization points"))
     everything = result.all_quantized
     if as_json:
-        _emit_json({"all_quantized": {"sqnr_db": finite_or_none(everything.sqnr_db), "cosine": everything.cosine},
+        _emit_json({"arithmetic": result.arithmetic,
+                    "all_quantized": {"sqnr_db": finite_or_none(everything.sqnr_db), "cosine": everything.cosine},
                     "points": [{"tensor": s.tensor, "role": s.role, "sqnr_db": finite_or_none(s.sqnr_db),
                                 "cosine": s.cosine} for s in result.points]})
         return
+    click.echo(result.arithmetic)
     click.echo(f"all quantized: SQNR {everything.sqnr_db:.2f} dB, cosine {everything.cosine:.6f}")
     click.echo(f"{'SQNR dB':>8}  {'cosine':>8}  {'role':10}  tensor (only this one quantized)")
     for s in result.points[:top]:

@@ -24,6 +24,7 @@ class Evaluation:
     samples: int
     top1_agreement: float | None = None
     accuracy: dict[str, float] = field(default_factory=dict)  # "float" / "quantized" -> accuracy
+    arithmetic: str = ""  # what ONNX Runtime computed the quantized model with (``describe_run``)
 
 
 def read_labels(path: str | pathlib.Path) -> dict[str, int]:
@@ -49,10 +50,20 @@ def read_labels(path: str | pathlib.Path) -> dict[str, int]:
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
-def ort_runner(model_path: str | pathlib.Path) -> tuple[Runner, list[str]]:
-    session = runtime.session(model_path)
+def ort_runner(model_path: str | pathlib.Path,
+               optimization: runtime.Optimization = runtime.Optimization.ALL) -> tuple[Runner, list[str]]:
+    session = runtime.session(model_path, optimization=optimization)
     names = [o.name for o in session.get_outputs()]
     return (lambda feeds: session.run(names, feeds)), names
+
+
+def describe_run(optimization: runtime.Optimization) -> str:
+    """What ONNX Runtime computes a QDQ model with at ``optimization``, on this machine."""
+    if optimization is runtime.Optimization.ALL:
+        return "this CPU's fused int8 kernels: " + runtime.int8_arithmetic().describe().removeprefix(
+            "ONNX Runtime's fused int8 kernels ")
+    return "the reference arithmetic (graph optimizations off: DequantizeLinear, the float operator, " \
+           "QuantizeLinear)"
 
 
 def evaluate(reference: Runner, candidate: Runner, output_names: Sequence[str], files: Sequence[pathlib.Path],

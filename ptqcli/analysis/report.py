@@ -21,11 +21,14 @@ class EvaluationReport:
             "outputs": {name: {"sqnr_db": finite_or_none(a.sqnr_db), "cosine": a.cosine, "mse": a.mse}
                         for name, a in ev.outputs.items()},
             "top1_agreement": ev.top1_agreement, "accuracy": ev.accuracy or None,
+            "ort_arithmetic": ev.arithmetic,
         }
 
     def as_text(self) -> str:
         ev = self.evaluation
         lines = [f"{ev.samples} samples: {self.float_model} (float) vs {self.quantized_model}"]
+        if ev.arithmetic:
+            lines.append(f"  ONNX Runtime ran {ev.arithmetic}")
         for name, a in ev.outputs.items():
             lines.append(f"  output {name}: SQNR {a.sqnr_db:.2f} dB, cosine {a.cosine:.6f}")
         if ev.top1_agreement is not None:

@@ -21,7 +21,6 @@ from ptqcli.sim import window
 from ptqcli.sim.base import Log
 
 
-
 @dataclass(frozen=True)
 class Saturation:
     """Pair sums of one node that left int16 and were clipped, in one run."""
