@@ -37,7 +37,7 @@ from ptqcli.sim import SimOutputs
 __all__ = ["Agreement", "CalibrateResult", "CalibrationOptions", "DataOptions", "Evaluation", "ImageSpec",
            "PathLike", "ProgressFactory", "PtqError", "ScaleTable", "Sensitivity", "SensitivityResult",
            "SimOutputs", "calibrate", "default_table_path", "evaluate", "export", "observations_path_for",
-           "sensitivity", "simulate"]
+           "sensitivity", "sensitivity_arithmetic", "simulate"]
 
 PathLike = _typing.Union[str, _os.PathLike]
 
