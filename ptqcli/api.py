@@ -24,6 +24,7 @@ from ptqcli import files as _files
 from ptqcli.analysis.evaluate import Evaluation
 from ptqcli.analysis.metrics import Agreement
 from ptqcli.analysis.sensitivity import Sensitivity
+from ptqcli.choices import ON_BAD_SAMPLE as _ON_BAD_SAMPLE
 from ptqcli.errors import Interrupted as _Interrupted
 from ptqcli.errors import ObservationError as _ObservationError
 from ptqcli.errors import Option as _Option
@@ -36,8 +37,8 @@ from ptqcli.sim import SimOutputs
 
 __all__ = ["Agreement", "CalibrateResult", "CalibrationOptions", "DataOptions", "Evaluation", "ImageSpec",
            "PathLike", "ProgressFactory", "PtqError", "ScaleTable", "Sensitivity", "SensitivityResult",
-           "SimOutputs", "calibrate", "default_table_path", "evaluate", "export", "observations_path_for",
-           "sensitivity", "sensitivity_arithmetic", "simulate"]
+           "SimOutputs", "SkippedSample", "calibrate", "default_table_path", "evaluate", "export",
+           "observations_path_for", "sensitivity", "sensitivity_arithmetic", "simulate"]
 
 PathLike = _typing.Union[str, _os.PathLike]
 
@@ -58,9 +59,18 @@ class DataOptions:
 
 
 @_dataclasses.dataclass(frozen=True)
+class SkippedSample:
+    """A calibration sample left out by ``on_bad_sample="skip"``, and why."""
+
+    file: _pathlib.Path
+    reason: str
+
+
+@_dataclasses.dataclass(frozen=True)
 class CalibrateResult:
     """The table written to ``table_path``; the observations at ``observations_path`` (written by
-    this call, or the file it was given); seconds spent observing and in all."""
+    this call, or the file it was given); seconds spent observing and in all; the samples left
+    out as bad (``on_bad_sample="skip"``), in file order."""
 
     table: ScaleTable
     table_path: _pathlib.Path
@@ -68,6 +78,7 @@ class CalibrateResult:
     observed_tensors: int
     seconds_observe: float
     seconds_total: float
+    skipped: tuple[SkippedSample, ...] = ()
 
 
 @_dataclasses.dataclass(frozen=True)
@@ -126,7 +137,7 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
               observations: PathLike | None = None,
               options: CalibrationOptions | _typing.Mapping[str, _typing.Any] = CalibrationOptions(),
               data_options: DataOptions = DataOptions(), subsample: int | None = None,
-              progress: ProgressFactory = _no_progress,
+              on_bad_sample: str = "fail", progress: ProgressFactory = _no_progress,
               range_progress: ProgressFactory = _no_progress) -> CalibrateResult:
     """Observe ``data`` (or load saved ``observations``), choose every range, write the table.
 
@@ -134,11 +145,15 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
     observations beside it (``observations_path_for``) as soon as the pass ends, so a search
     interrupted after it can be resumed from them.  ``progress`` follows the pass (samples),
     ``range_progress`` the choice of ranges (steps).  ``subsample``: histogram values per
-    sample and tensor (default ``ptqcli.observe.collect.SUBSAMPLE``)."""
+    sample and tensor (default ``ptqcli.observe.collect.SUBSAMPLE``).  ``on_bad_sample``:
+    ``fail`` stops at a sample that cannot be read or fails its checks; ``skip`` leaves it out
+    (logged on ``ptq``, listed in ``CalibrateResult.skipped``): the table is the one the folder
+    without it gives."""
+    from ptqcli.errors import DataError
     from ptqcli.graph import prepare, subgraph_note
     from ptqcli.observe import collect
     from ptqcli.observe import observations as obs_io
-    from ptqcli.observe.dataset import batches, image_note, list_samples
+    from ptqcli.observe.dataset import batches, image_note, list_samples, read_sample
     from ptqcli.observe.derive import derive
     from ptqcli.quantize import autosearch, scale_table
     from ptqcli.quantize.decide import build_table, decide
@@ -147,6 +162,8 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
     start = _time.perf_counter()
     options = _calibration_options(options)
     options.validate()
+    if on_bad_sample not in _ON_BAD_SAMPLE:
+        raise _OptionError(_Option("on_bad_sample", str(on_bad_sample)), f": known: {', '.join(_ON_BAD_SAMPLE)}")
     auto = options.method == "auto"
     if data is None and observations is None:
         raise _OptionError("give ", _Option("data"), " (a folder of samples) or ", _Option("observations"),
@@ -172,7 +189,19 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
             _log.warning(f"{_pathlib.Path(model).name}: {nested}; they stay float")
         image_note(samples, prepared.inputs, data_options.image)
         seconds_observe = 0.0
+        skipped: list[SkippedSample] = []
+
+        def skip(path: _pathlib.Path, exc: DataError) -> None:
+            skipped.append(SkippedSample(path, str(exc).removeprefix(f"{path}: ")))
+            _log.warning(f"skipped bad sample {exc}")
+
         if observations is not None:
+            if auto and on_bad_sample == "skip":  # no pass has sorted out the bad samples
+                for path in samples:
+                    try:
+                        read_sample(path, prepared.inputs, data_options.image)
+                    except DataError as exc:
+                        skip(path, exc)
             obs = obs_io.load(observations)
             if obs.fingerprint != prepared.fingerprint:
                 raise _ObservationError(f"{obs_path}: the observations were made on another model")
@@ -180,19 +209,29 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
             tensors, derived = observation_plan(prepared.index, decisions.structure)
             t0 = _time.perf_counter()
             with progress(len(samples)) as update:
-                feed = batches(samples, prepared.inputs, batch_size=data_options.batch_size, image=data_options.image)
+                def skip_counted(path: _pathlib.Path, exc: DataError) -> None:
+                    skip(path, exc)
+                    update(1)
+
+                feed = batches(samples, prepared.inputs, batch_size=data_options.batch_size, image=data_options.image,
+                               on_bad=skip_counted if on_bad_sample == "skip" else None)
                 budget = collect.BATCH_BYTES if data_options.batch_size is None else None
                 obs = collect.observe(prepared, tensors, feed, subsample=collect.SUBSAMPLE if subsample is None
                                       else subsample, progress=update, budget=budget)
             obs = derive(prepared, obs, derived)
             seconds_observe = _time.perf_counter() - t0
+        if skipped and len(skipped) == len(samples):  # nothing left to observe or to score
+            raise DataError(f"{data}: every sample failed its checks ({len(skipped)} skipped; the first: "
+                            f"{skipped[0].file.name}: {skipped[0].reason})")
         previous = _files.identity(obs_path)
         try:
             if observations is None:
                 obs_io.save(obs, obs_path)  # now: a search interrupted later can resume from it
             groups = len(decisions.scales.sources)
             if auto:
-                feeds = autosearch.search_feeds(samples, prepared.inputs, batch_size=data_options.batch_size,
+                bad = {s.file for s in skipped}
+                good = [f for f in samples if f not in bad]
+                feeds = autosearch.search_feeds(good, prepared.inputs, batch_size=data_options.batch_size,
                                                 image=data_options.image)
                 with range_progress(autosearch.steps(groups, feeds)) as update:
                     table = autosearch.search(prepared, obs, options, feeds, progress=update).table
@@ -206,7 +245,7 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
                 raise _Interrupted(getattr(exc, "signum", _signal.SIGINT), str(obs_path)) from None
             raise
     return CalibrateResult(table, table_path, obs_path, len(obs.histograms), seconds_observe,
-                           _time.perf_counter() - start)
+                           _time.perf_counter() - start, tuple(skipped))
 
 
 def export(model: PathLike, table: PathLike, output: PathLike) -> _pathlib.Path:
@@ -304,3 +343,4 @@ def sensitivity_arithmetic(table: ScaleTable) -> str:
         text += (f"; this table was calibrated for --cpu {target}, so the fused kernels here can saturate "
                  "where this analysis does not: see ptq simulate --cpu native --per-layer")
     return text
+

@@ -10,3 +10,11 @@ REQUANT = ("fixed", "fp32")
 #: summed exactly (x86 VNNI, ARM, integer accelerators), or in saturating int16 pairs (x86 AVX2
 #: without VNNI).
 CPUS = ("exact", "x86-avx2")
+
+#: What the simulator's ``--cpu`` accepts: an accumulation above, or whichever this machine's
+#: ONNX Runtime uses.
+SIM_CPUS = CPUS + ("native",)
+
+#: What calibration does with a sample that fails its checks (unreadable, wrong shape or dtype,
+#: non-finite values): stop with an error naming it, or leave it out and name it.
+ON_BAD_SAMPLE = ("fail", "skip")

@@ -27,14 +27,12 @@ import click
 
 import calibrators
 from ptqcli import __version__
-from ptqcli.choices import CPUS, REQUANT
+from ptqcli.choices import ON_BAD_SAMPLE, REQUANT, SIM_CPUS
 from ptqcli.errors import Interrupted, OptionError, PtqError
 from ptqcli.targets import Target
 
 if TYPE_CHECKING:
     from ptqcli import api
-
-SIM_CPUS = CPUS + ("native",)
 
 #: How the CLI spells an option that an error names by its Python keyword (the rest: ``--name``).
 FLAGS = {"output": "-o", "per_channel": "--per-tensor-weights", "sensitive_int16": "--all-int8",
@@ -293,13 +291,17 @@ def main() -> None:
               help="Deployment CPU. 'any' and 'x86-avx2' raise the scale of weight channels whose codes could "
                    "saturate the int16 pair sums of x86 CPUs without VNNI; 'x86-vnni' and 'arm' keep full "
                    "8-bit weights.")
+@click.option("--on-bad-sample", type=click.Choice(ON_BAD_SAMPLE), default="fail", show_default=True,
+              help="A sample that cannot be read or fails its checks (shape, dtype, finite values): stop with an "
+                   "error naming it, or skip it (named on stderr, counted in the summary).")
 @_data_options
 @_reported
 def calibrate(model, data, output, observations, method, method_for, percentile, symmetric, per_tensor_weights,
-              int16, all_int8, exclude, fixed_range, cpu, batch_size, limit, size, mean, std, layout, bgr, quiet,
-              as_json) -> None:
+              int16, all_int8, exclude, fixed_range, cpu, on_bad_sample, batch_size, limit, size, mean, std, layout,
+              bgr, quiet, as_json) -> None:
     """Observe MODEL on --data once and write its scale table."""
     from ptqcli import api
+    from ptqcli.analysis.report import skipped_json
 
     options = api.CalibrationOptions(
         method=method, method_for=tuple(method_for), percentile=percentile, symmetric=symmetric,
@@ -311,7 +313,7 @@ def calibrate(model, data, output, observations, method, method_for, percentile,
         _progress("choosing ranges", silent, unit="scale groups")
     result = api.calibrate(model, data=data, output=output, observations=observations, options=options,
                            data_options=_data(batch_size, limit, size, mean, std, layout, bgr),
-                           progress=_progress("observing", silent), range_progress=ranges)
+                           on_bad_sample=on_bad_sample, progress=_progress("observing", silent), range_progress=ranges)
     table = result.table
     roles: dict[str, int] = {}
     for entry in table.tensors.values():
@@ -323,11 +325,14 @@ def calibrate(model, data, output, observations, method, method_for, percentile,
         _emit_json({"table": str(result.table_path), "observations": str(result.observations_path),
                     "samples": table.samples, "method": method, "tensors": roles, "nodes": precisions,
                     "groups": len(table.groups), "observed_tensors": result.observed_tensors,
+                    "skipped_samples": skipped_json(result.skipped),
                     "seconds": {"observe": round(result.seconds_observe, 3), "total": round(result.seconds_total, 3)}})
     elif not quiet:
         parts = ", ".join(f"{n} {r}{'es' if r.endswith('s') else 's'}" for r, n in sorted(roles.items()))
         nodes = ", ".join(f"{n} {p}" for p, n in sorted(precisions.items()))
-        click.echo(f"wrote {result.table_path} ({method}; {table.samples} samples; {parts}; nodes: {nodes})", err=True)
+        bad = f"; {len(result.skipped)} bad samples skipped" if result.skipped else ""
+        click.echo(f"wrote {result.table_path} ({method}; {table.samples} samples{bad}; {parts}; nodes: {nodes})",
+                   err=True)
 
 
 @main.command(short_help="Write the QDQ ONNX model a scale table describes.")
@@ -437,3 +442,4 @@ def sensitivity(model, table_path, data, top, batch_size, limit, size, mean, std
     click.echo(f"{'SQNR dB':>8}  {'cosine':>8}  {'role':10}  tensor (only this one quantized)")
     for s in result.points[:top]:
         click.echo(f"{s.sqnr_db:8.2f}  {s.cosine:8.6f}  {s.role:10}  {s.tensor}")
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 from ptqcli.analysis.evaluate import Evaluation
 from ptqcli.analysis.metrics import finite_or_none
@@ -37,3 +38,8 @@ class EvaluationReport:
             lines.append(f"  accuracy: float {ev.accuracy['float'] * 100:.2f} %, "
                          f"quantized {ev.accuracy['quantized'] * 100:.2f} %")
         return "\n".join(lines)
+
+
+def skipped_json(skipped: Sequence[Any]) -> dict:
+    """The samples calibration left out as bad (``api.SkippedSample``): count, files, reasons."""
+    return {"count": len(skipped), "files": [{"file": str(s.file), "reason": s.reason} for s in skipped]}

@@ -19,7 +19,7 @@ import logging
 import math
 import pathlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -258,11 +258,17 @@ AUTO_BATCH_VALUES = 1 << 18
 AUTO_BATCH_MAX = 16
 
 
+#: What ``batches`` does with a sample that fails its checks: stop with its ``DataError``, or
+#: (``skip``) hand the file and its error to a callback and go on without the sample.
+BadSample = Callable[[pathlib.Path, DataError], None]
+
+
 def batches(files: Sequence[pathlib.Path], inputs: Sequence[InputSpec], *, batch_size: int | None = None,
-            image: ImageSpec | None = None) -> Iterator[Batch]:
+            image: ImageSpec | None = None, on_bad: BadSample | None = None) -> Iterator[Batch]:
     """Feeds in file order; consecutive samples of equal shapes are stacked up to ``batch_size``
     (``None``: sized from the first sample, see ``AUTO_BATCH_VALUES``) when every input has a
-    dynamic leading dimension."""
+    dynamic leading dimension.  A sample that cannot be read or fails its checks raises its
+    ``DataError``, or with ``on_bad`` is passed to it and left out, as if it were not there."""
     if batch_size is not None and batch_size < 1:
         raise OptionError(Option("batch_size"), f" must be at least 1, got {batch_size}")
     limit = batch_size if _batchable(inputs) else 1
@@ -275,7 +281,13 @@ def batches(files: Sequence[pathlib.Path], inputs: Sequence[InputSpec], *, batch
         return Batch(feeds, tuple(p for p, _ in pending), count)
 
     for path in files:
-        feed = read_sample(path, inputs, image)
+        try:
+            feed = read_sample(path, inputs, image)
+        except DataError as exc:
+            if on_bad is None:
+                raise
+            on_bad(path, exc)
+            continue
         if limit is None:
             values = sum(a.size for a in feed.values())
             limit = max(1, min(AUTO_BATCH_MAX, AUTO_BATCH_VALUES // max(values, 1)))
