@@ -31,14 +31,17 @@ from ptqcli.errors import Option as _Option
 from ptqcli.errors import OptionError as _OptionError
 from ptqcli.errors import PtqError
 from ptqcli.observe.dataset import ImageSpec
+from ptqcli.pipeline.config import RunConfig
+from ptqcli.pipeline.run import RunResult
 from ptqcli.quantize.decide import CalibrationOptions
 from ptqcli.quantize.scale_table import ScaleTable
 from ptqcli.sim import SimOutputs
 
 __all__ = ["Agreement", "CalibrateResult", "CalibrationOptions", "DataOptions", "Evaluation", "ImageSpec",
-           "PathLike", "ProgressFactory", "PtqError", "ScaleTable", "Sensitivity", "SensitivityResult",
-           "SimOutputs", "SkippedSample", "calibrate", "default_table_path", "evaluate", "export",
-           "observations_path_for", "sensitivity", "sensitivity_arithmetic", "simulate"]
+           "PathLike", "ProgressFactory", "PtqError", "RunConfig", "RunResult", "ScaleTable", "Sensitivity",
+           "SensitivityResult", "SimOutputs", "SkippedSample", "calibrate", "default_table_path", "evaluate",
+           "export", "load_run_config", "observations_path_for", "run", "sensitivity", "sensitivity_arithmetic",
+           "simulate"]
 
 PathLike = _typing.Union[str, _os.PathLike]
 
@@ -56,6 +59,12 @@ class DataOptions:
     batch_size: int | None = None
     limit: int | None = None
     image: ImageSpec = _dataclasses.field(default_factory=ImageSpec)
+
+    def validate(self) -> None:
+        for name in ("batch_size", "limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise _OptionError(_Option(name), f" must be at least 1, got {value!r}")
 
 
 @_dataclasses.dataclass(frozen=True)
@@ -344,3 +353,26 @@ def sensitivity_arithmetic(table: ScaleTable) -> str:
                  "where this analysis does not: see ptq simulate --cpu native --per-layer")
     return text
 
+
+def load_run_config(path: PathLike) -> RunConfig:
+    """Read a ``ptq run`` configuration (TOML): relative paths from the file's folder, defaults
+    filled in, outputs named.  A bad file raises ``ptqcli.errors.ConfigError`` naming the key."""
+    from ptqcli.pipeline import config
+
+    return config.load(path)
+
+
+def run(config: RunConfig | PathLike, *,
+        progress: _typing.Callable[[str], ProgressFactory] | None = None) -> RunResult:
+    """Calibrate, export, simulate (if enabled) and evaluate as ``config`` (a ``RunConfig`` or
+    the path of its TOML file) says, check its gate, and write the JSON summary and the JUnit
+    report.  ``RunResult.status``: ``passed`` or ``failed`` (the gate); a stage that fails
+    raises its ``PtqError`` after the reports are written.  ``progress(stage)``: the progress
+    factory of ``observe``, ``ranges``, ``simulate`` and ``evaluate``."""
+    from ptqcli.pipeline import run as pipeline
+
+    name = "ptq run"
+    if not isinstance(config, RunConfig):
+        name = f"ptq run {config}"
+        config = load_run_config(config)
+    return pipeline.run(config, name=name, progress=progress)

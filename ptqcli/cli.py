@@ -254,9 +254,10 @@ class _InOrder(click.Group):
 @click.version_option(__version__, prog_name="ptq")
 def main() -> None:
     """Post-training quantization of ONNX models: calibrate, export, evaluate, simulate,
-    sensitivity.
+    sensitivity, and run (all of them from one TOML file, with a gate, for CI).
 
-    Exit codes: 0 success, 1 failure (bad model, data or table), 2 bad usage, 130 interrupted
+    Exit codes: 0 success, 1 failure (bad model, data or table), 2 bad usage (or a bad run
+    configuration), 3 the gate of ptq run failed (the model was written), 130 interrupted
     (Ctrl-C), 143 terminated (SIGTERM).
     """
 
@@ -443,3 +444,45 @@ def sensitivity(model, table_path, data, top, batch_size, limit, size, mean, std
     for s in result.points[:top]:
         click.echo(f"{s.sqnr_db:8.2f}  {s.cosine:8.6f}  {s.role:10}  {s.tensor}")
 
+
+_RUN_PROGRESS = {"observe": ("observing", "samples"), "ranges": ("choosing ranges", "scale groups"),
+                 "simulate": ("simulating", "samples"), "evaluate": ("evaluating", "samples")}
+
+
+@main.command(short_help="Calibrate, export, evaluate and check a gate, from one TOML file (for CI).")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=pathlib.Path))
+@click.option("--print-config", is_flag=True,
+              help="Print the resolved configuration (absolute paths, every default) as TOML and stop.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON summary on stdout as well.")
+@_reported
+def run(config, print_config, quiet, as_json) -> None:
+    """Calibrate, export, simulate (optional) and evaluate as CONFIG says, check its gate, and
+    write a JSON summary and a JUnit XML report.
+
+    Exit codes: 0 the gate holds, 3 the model was written but the gate failed, 1 an error (the
+    reports say which stage), 2 a bad configuration (the key is named).
+    """
+    from ptqcli import api
+    from ptqcli.pipeline import config as run_config
+    from ptqcli.pipeline.summary import as_json as summary_json
+    from ptqcli.pipeline.summary import as_text
+
+    if print_config:
+        click.echo(run_config.dumps(api.load_run_config(config), config), nl=False)
+        return
+    silent = quiet or as_json
+
+    def progress(stage: str) -> api.ProgressFactory:
+        label, unit = _RUN_PROGRESS[stage]
+        return _progress(label, silent, unit=unit)
+
+    result = api.run(config, progress=progress)
+    if as_json:
+        _emit_json(summary_json(result))
+    if not quiet:
+        click.echo(as_text(result), err=True)
+        click.echo(f"wrote {result.outputs['summary']} and {result.outputs['junit']}", err=True)
+    if result.status == "failed":
+        failed = "; ".join(c.text for c in result.checks if not c.passed)
+        raise _Failure(f"gate failed: {failed}", 3)

@@ -74,6 +74,11 @@ class OptionError(PtqError):
         return "".join(p.spelled(spell(p.name)) if isinstance(p, Option) else p for p in self.parts)
 
 
+class ConfigError(OptionError):
+    """A ``ptq run`` configuration file is malformed: the message names the file and the key
+    by its dotted path (``calibrate.percentile``).  Bad usage: exit code 2."""
+
+
 class Interrupted(KeyboardInterrupt):
     """The command was stopped by SIGINT (Ctrl-C) or SIGTERM (``signum``).
 

@@ -80,3 +80,13 @@ def small_calib(tmp_path, calib_dir) -> pathlib.Path:
     for f in sorted(calib_dir.glob("*.npy"))[:16]:
         shutil.copy(f, folder / f.name)
     return folder
+
+
+JUNIT_XSD = ROOT / "tests" / "data" / "junit.xsd"
+
+
+def valid_junit(path) -> None:
+    """``path`` validates against the JUnit XML schema CI systems read (tests/data/junit.xsd)."""
+    import xmlschema
+
+    xmlschema.XMLSchema(str(JUNIT_XSD)).validate(str(path))
