@@ -22,7 +22,7 @@ def test_help_lists_every_command_in_the_description_and_the_listing():
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["calibrate", "--help"], ["simulate", "--help"],
-                                  ["calibrate", "m.onnx", "--method", "entropy"]])
+                                  ["run", "--help"], ["calibrate", "m.onnx", "--method", "entropy"]])
 def test_help_version_and_usage_errors_do_not_import_onnx_onnxruntime_or_scipy(args):
     code = ("import sys\nfrom ptqcli.cli import main\n"
             f"try:\n    main({args!r}, prog_name='ptq')\nexcept SystemExit as exc:\n    status = exc.code\n"

@@ -16,7 +16,7 @@ def as_json(result: RunResult) -> dict[str, Any]:
     config = result.config
     calibration = result.calibration
     return {
-        "config": result.name,
+        "name": result.name,
         "status": result.status,
         "exit_code": result.exit_code,
         "error": str(result.error) if result.error is not None else None,
