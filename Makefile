@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO := build/demo
 SAMPLES := sample_models
 
-.PHONY: install demo demo-all test bench bench-data bench-fonts bench-smoke samples clean
+.PHONY: install demo demo-all test bench bench-data bench-fonts bench-smoke bench-latency samples clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -55,6 +55,10 @@ bench-data: install bench-fonts
 
 bench: bench-data
 	$(BIN)/python -m bench.run
+
+# ONNX Runtime latency of float, ORT quantize_static and ptq's default export (bench/latency.py).
+bench-latency: bench-data
+	$(BIN)/python -m bench.latency
 
 bench-smoke: install bench-fonts
 	$(BIN)/python -m bench.fetch
