@@ -25,8 +25,9 @@ def test_conv_net_groups(conv_prepared):
     assert g["conv1"] == ("compute", ("conv1", "relu1"), ("x",), ("r1",))
     assert g["conv3"] == ("compute", ("conv3",), ("r1",), ("c3",))
     assert g["add"] == ("binary", ("add",), ("c4", "mp"), ("res",))
-    # HardSwish written as x * Clip(x + 3, 0, 6) / 6 is one table over the codes of `res`
-    assert g["hs_add"] == ("lut", ("hs_add", "hs_clip", "hs_mul", "hs_div"), ("res",), ("hs",))
+    # HardSwish written as x * Clip(x + 3, 0, 6) / 6 (prepared: x * HardSigmoid(x)) is one table
+    # over the codes of `res`
+    assert g["hs_clip"] == ("lut", ("hs_clip", "hs_div"), ("res",), ("hs",))
     assert g["gap"] == ("requantize", ("gap",), ("hs",), ("gap",))
     assert "bn1" not in {n.name for n in conv_prepared.index.nodes}
 
@@ -122,7 +123,7 @@ def test_exclusion_int16_and_option_errors(conv_prepared):
     assert {a for a, p in d.precision.items() if p == "int16"} == {"conv1", "conv2", "conv3", "conv4"}
     # with the Gemm in float, the HardSwish table and the pooling after the residual Add feed only
     # float nodes, so they run in float too (a quantization point there would be pure loss)
-    assert "hs_add" not in d.precision and "gap" not in d.precision
+    assert "hs_clip" not in d.precision and "gap" not in d.precision
     with pytest.raises(OptionError, match="--exclude 'Nope': no node or operator type"):
         decide(conv_prepared, CalibrationOptions(exclude=("Nope",)))
     with pytest.raises(OptionError, match="--int16 'zz': not a quantized tensor or node"):
