@@ -13,10 +13,10 @@ quickest ORT export measured here, whatever its accuracy.
 Timing: every model in one process, ONNX Runtime's default session options except
 ``intra_op_num_threads``; one sample at a time over the first ``--limit`` evaluation samples.
 For each sample the models run one after the other, the order rotating from sample to sample,
-so load from other processes hits every model alike.  A round is one pass over the samples;
-a model's latency in a round is its mean ms per sample, and the table gives the median over
-``--rounds`` rounds with the lowest and highest round.  The ratio ptq / ORT is taken round by
-round (both measured in the same round) and reported the same way.
+so load from other processes hits every model alike; a round is one pass over the samples.
+A model's latency is the median of its runs (every sample, every round), with the lowest and
+highest per-round median as the spread.  The ratio ptq / ORT is taken run by run (the same
+sample, moments apart) and summarized the same way.
 
 Exports and their evaluations go to bench/work/latency/TASK/; ORT's exports are reused when a
 previous run left them there (``--rebuild`` makes them again), ptq's are always made afresh.
@@ -29,7 +29,6 @@ import argparse
 import os
 import pathlib
 import shlex
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -128,30 +127,30 @@ def _session(path: pathlib.Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def time_models(models: list[Model], samples: list[np.ndarray], threads: int, rounds: int) -> dict[str, list[float]]:
-    """Per model, its mean ms per sample in each round (see the module docstring)."""
+def time_models(models: list[Model], samples: list[np.ndarray], threads: int, rounds: int) -> dict[str, np.ndarray]:
+    """Per model, ms of every run: an array [rounds, samples] (see the module docstring)."""
     sessions = [_session(m.path, threads) for m in models]
     names = [s.get_inputs()[0].name for s in sessions]
     for s, n in zip(sessions, names):  # warm-up: first-run allocations and thread start
         for x in samples[:3]:
             s.run(None, {n: x})
-    per_round: dict[str, list[float]] = {m.key: [] for m in models}
     k = len(models)
+    ms = np.zeros((k, rounds, len(samples)))
     for r in range(rounds):
-        total = [0.0] * k
         for i, x in enumerate(samples):
             for step in range(k):
                 j = (step + i + r) % k
                 start = time.perf_counter()
                 sessions[j].run(None, {names[j]: x})
-                total[j] += time.perf_counter() - start
-        for j, m in enumerate(models):
-            per_round[m.key].append(1000.0 * total[j] / len(samples))
-    return per_round
+                ms[j, r, i] = 1000.0 * (time.perf_counter() - start)
+    return {m.key: ms[j] for j, m in enumerate(models)}
 
 
-def summary(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "rounds": values}
+def summary(runs: np.ndarray) -> dict:
+    """Median over every run of ``runs`` [rounds, samples]; the lowest and highest round's median."""
+    per_round = np.median(runs, axis=1)
+    return {"median": float(np.median(runs)), "min": float(per_round.min()), "max": float(per_round.max()),
+            "rounds": [float(v) for v in per_round]}
 
 
 def measure_task(task: Task, args: argparse.Namespace) -> dict:
@@ -182,7 +181,7 @@ def measure_task(task: Task, args: argparse.Namespace) -> dict:
             entry["fastest_ort"] = fastest
             if "ptq-default" in ms:
                 for label, key in (("best", best.key), ("fastest", fastest)):
-                    entry[f"ratio_{label}"] = summary([p / o for p, o in zip(ms["ptq-default"], ms[key])])
+                    entry[f"ratio_{label}"] = summary(ms["ptq-default"] / ms[key])
         result["threads"][str(threads)] = entry
     return result
 
@@ -208,7 +207,8 @@ def markdown(results: dict) -> str:
            f"ptq at {env['ptq']}.  ",
            f"Calibration: first {results['config']['calib']} samples; timing: first {results['config']['limit']} "
            f"evaluation samples, one at a time, {results['config']['rounds']} rounds, models interleaved.", "",
-           "ms per sample: median over rounds (lowest–highest round).  Ratio: ptq / ORT, round by round.", "",
+           "ms per sample: median over every run (lowest–highest median of one round).  Ratio: ptq / ORT "
+           "run by run (same sample, moments apart), summarized the same way.", "",
            "| model | threads | float | ORT best | ORT fastest | ptq default | ptq / ORT best | ptq / ORT fastest | load |",
            "|---|---|---|---|---|---|---|---|---|"]
     for name, t in results["tasks"].items():
