@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO := build/demo
 SAMPLES := sample_models
 
-.PHONY: install qemu demo demo-all test bench bench-data bench-fonts bench-smoke bench-saturation samples clean
+.PHONY: install qemu demo demo-all test bench bench-data bench-fonts bench-smoke bench-latency bench-saturation samples clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -64,6 +64,10 @@ bench-data: install bench-fonts
 
 bench: bench-data
 	$(BIN)/python -m bench.run
+
+# ONNX Runtime latency of float, ORT quantize_static and ptq's default export (bench/latency.py).
+bench-latency: bench-data
+	$(BIN)/python -m bench.latency
 
 # The remedies for x86 AVX2 int16 pair saturation, side by side (writes bench/results-saturation.*).
 bench-saturation: bench-data qemu

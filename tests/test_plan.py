@@ -25,8 +25,9 @@ def test_conv_net_groups(conv_prepared):
     assert g["conv1"] == ("compute", ("conv1", "relu1"), ("x",), ("r1",))
     assert g["conv3"] == ("compute", ("conv3",), ("r1",), ("c3",))
     assert g["add"] == ("binary", ("add",), ("c4", "mp"), ("res",))
-    # HardSwish written as x * Clip(x + 3, 0, 6) / 6 is one table over the codes of `res`
-    assert g["hs_add"] == ("lut", ("hs_add", "hs_clip", "hs_mul", "hs_div"), ("res",), ("hs",))
+    # HardSwish written as x * Clip(x + 3, 0, 6) / 6 (prepared: x * HardSigmoid(x)) is one table
+    # over the codes of `res`
+    assert g["hs_clip"] == ("lut", ("hs_clip", "hs_div"), ("res",), ("hs",))
     assert g["gap"] == ("requantize", ("gap",), ("hs",), ("gap",))
     assert "bn1" not in {n.name for n in conv_prepared.index.nodes}
 
@@ -94,6 +95,26 @@ def test_nearest_resize_passes_its_scale_through_and_linear_requantizes(tmp_path
     assert "near" not in observed and "cat" not in observed and {"c", "lin"} <= set(observed)
 
 
+def test_conv_feeding_only_float_keeps_a_quantized_output_matmul_writes_float(tmp_path, rng):
+    # ONNX Runtime fuses DequantizeLinear -> Conv into QLinearConv only with a QuantizeLinear after
+    # it (otherwise the Conv runs in float on dequantized weights, slower than the float model);
+    # MatMul and Gemm have integer kernels with a float output.
+    f32 = np.float32
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("Sqrt", ["c"], ["y"], name="sqrt"),
+             helper.make_node("MatMul", ["v", "m"], ["mm"], name="mm"),
+             helper.make_node("Sqrt", ["mm"], ["z"], name="sqrt2")]
+    model = make_model(nodes, [float_input("x", ["N", 2, 4, 4]), float_input("v", ["N", 4, 6])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4, 4]),
+                        helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4, 5])],
+                       [("w", rng.normal(size=(3, 2, 1, 1)).astype(f32)), ("m", rng.normal(size=(6, 5)).astype(f32))])
+    prepared = prepare(save(model, tmp_path / "tails.onnx"))
+    d = decide(prepared, CalibrationOptions())
+    assert d.precision == {"conv": "int8", "mm": "int8"}  # the Sqrt tables feed only float: float
+    assert {"x", "c", "v"} <= set(d.scales.root) and "mm" not in d.scales.root
+    assert "c" in observed_tensors(prepared.index, d.structure)
+
+
 def test_exclusion_int16_and_option_errors(conv_prepared):
     d = decide(conv_prepared, CalibrationOptions(exclude=("Gemm", "add"), int16=("conv3",)))
     assert "fc" not in d.precision and "add" not in d.precision
@@ -102,7 +123,7 @@ def test_exclusion_int16_and_option_errors(conv_prepared):
     assert {a for a, p in d.precision.items() if p == "int16"} == {"conv1", "conv2", "conv3", "conv4"}
     # with the Gemm in float, the HardSwish table and the pooling after the residual Add feed only
     # float nodes, so they run in float too (a quantization point there would be pure loss)
-    assert "hs_add" not in d.precision and "gap" not in d.precision
+    assert "hs_clip" not in d.precision and "gap" not in d.precision
     # called from Python, the errors name the keyword; the CLI spells the same error as its flag
     with pytest.raises(OptionError, match="^exclude 'Nope': no node or operator type") as caught:
         decide(conv_prepared, CalibrationOptions(exclude=("Nope",)))

@@ -14,6 +14,7 @@ from ptqcli import api
 from ptqcli.graph import prepare
 from ptqcli.quantize.decide import CalibrationOptions
 from ptqcli.sim import simulate
+from ptqcli.sim.fixed import f32
 
 
 def _quantize(x, scale, zero, lo, hi):
@@ -108,16 +109,22 @@ def test_conv_pair_sums_match_the_brute_force_model(tmp_path, cin, m, kernel, pa
     qw = np.clip(np.rint(w / sw), -128, 127).astype(np.int64)
     shift = 128 if symmetric else 0  # MLAS turns int8 codes into uint8
     bias = np.rint(b.astype(np.float64) / np.asarray(pb.scale, np.float64)).astype(np.int64)
-    unit = np.float64(px.scale[0]) * np.asarray(pw.scale, np.float64)
+    # a Conv keeps a quantized output (ONNX Runtime fuses it into QLinearConv only then): the
+    # accumulators are compared through ONNX Runtime's float32 requantization of them
+    py = table.tensors["y"].params
     shape = (1, m) + (1,) * len(kernel)
+    factor = f32(px.scale[0], "*", np.asarray(pw.scale, np.float32), "/", py.scale[0]).reshape(shape)
+    limits = np.iinfo(py.dtype)
     prepared = prepare(path)
     runs = {}
     for saturate, cpu in ((True, "x86-avx2"), (False, "exact")):
         acc = _brute_conv(qx + shift, qw, px.zero_point[0] + shift, pads, strides, group, saturate)
-        want = ((acc + bias.reshape(shape)) * unit.reshape(shape)).astype(np.float32)
-        got = simulate(prepared, table, {"x": x}, cpu=cpu)
-        np.testing.assert_array_equal(got.tensors["y"].values, want)
+        scaled = np.rint((acc + bias.reshape(shape)).astype(np.float32) * factor)
+        want = np.clip(scaled + py.zero_point[0], limits.min, limits.max)
+        got = simulate(prepared, table, {"x": x}, cpu=cpu, requant="fp32")
+        np.testing.assert_array_equal(got.tensors["y"].codes, want)
         runs[cpu] = got
+    assert not np.array_equal(runs["x86-avx2"].tensors["y"].codes, runs["exact"].tensors["y"].codes)
     assert sum(s.count for s in runs["x86-avx2"].saturations) > 0  # the case really saturates
     assert not runs["exact"].saturations
 

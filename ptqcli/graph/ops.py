@@ -15,6 +15,13 @@ COMPUTE = {
     "MatMul": (0, 1, None),
 }
 
+#: Matrix products whose integer kernel can write a float output (int32 accumulator times scale):
+#: ONNX Runtime fuses DequantizeLinear -> MatMul into MatMulIntegerToFloat and DequantizeLinear ->
+#: Gemm into QGemm without an output scale.  A Conv has no such form: ONNX Runtime (and ONNX's
+#: own QLinearConv) needs a QuantizeLinear after it, and without one runs the Conv in float on
+#: dequantized weights, slower than the float model.  ConvTranspose is not fused either way.
+FLOAT_OUTPUT = {"ConvTranspose", "Gemm", "MatMul"}
+
 #: Elementwise operators of two tensors, computed in integers after rescaling to a common scale.
 BINARY = {"Add", "Mul"}
 

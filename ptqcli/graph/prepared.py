@@ -10,7 +10,10 @@ Preparation makes the float graph that every later stage works on:
    standard ONNX operators, so the result runs anywhere;
 4. fold per-channel Add and BatchNormalization into a preceding ConvTranspose (or a Conv the
    runtime left alone), see ``ptqcli.graph.fold``;
-5. drop the opset imports of unused domains, give every node a unique name, infer shapes.
+5. drop the opset imports of unused domains, give every node a unique name;
+6. HardSigmoid and HardSwish written out as ``Clip(x + 3, 0, 6) / 6`` and ``x * Clip(x + 3, 0,
+   6) / 6`` become ``HardSigmoid(x)`` and ``x * HardSigmoid(x)``, see ``ptqcli.graph.activations``;
+7. infer shapes.
 
 The result is deterministic for a given model and onnx/onnxruntime version; its fingerprint
 (SHA-256 of the serialized graph) ties a scale table to it.
@@ -30,6 +33,7 @@ import onnx
 
 from ptqcli import runtime
 from ptqcli.errors import ModelError
+from ptqcli.graph.activations import hard_sigmoid
 from ptqcli.graph.fold import fold
 from ptqcli.graph.index import GraphIndex, InputSpec, input_specs, opset
 from ptqcli.runtime import Optimization
@@ -163,7 +167,7 @@ def prepare(path: str | os.PathLike) -> Prepared:
     _refuse_quantized(model, path)
     if opset(model) < MIN_OPSET:
         model = _raise_opset(model, path, MIN_OPSET)
-    model = _tidy(fold(_ort_basic(model, path)))
+    model = hard_sigmoid(_tidy(fold(_ort_basic(model, path))))
     digest = fingerprint(model)
     try:
         model = onnx.shape_inference.infer_shapes(model)

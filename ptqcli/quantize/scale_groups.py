@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ptqcli.graph import GraphIndex
+from ptqcli.graph import GraphIndex, ops
 from ptqcli.quantize.plan import Group, Structure
 
 
@@ -38,9 +38,10 @@ def integer_groups(index: GraphIndex, structure: Structure, enabled: set[str],
     group none of whose outputs reaches an integer group (directly or through pass-through and
     Concat nodes) runs in float instead, and a matrix product in that position keeps its
     integer inputs but writes a float output (int32 accumulator times scale, as a final
-    classifier does).  This keeps, for example, the statistics of a LayerNorm written out as
-    ReduceSum / Mul / Sub in float, where quantizing E[x^2] and E[x]^2 before their difference
-    would destroy the variance."""
+    classifier does) where its integer kernel can (``ops.FLOAT_OUTPUT``); a Conv keeps its
+    quantized output, without which runtimes do not run it in integers at all.  This keeps,
+    for example, the statistics of a LayerNorm written out as ReduceSum / Mul / Sub in float,
+    where quantizing E[x^2] and E[x]^2 before their difference would destroy the variance."""
     enabled = set(enabled)
     by_anchor = {g.anchor: g for g in structure.groups}
     movers = (set(structure.passthrough) | set(structure.concats)) - set(float_nodes)
@@ -61,7 +62,8 @@ def integer_groups(index: GraphIndex, structure: Structure, enabled: set[str],
         if group.anchor not in enabled or any(reaches_integer(t, set()) for t in group.outputs):
             continue
         if group.kind == "compute":
-            float_outputs.add(group.anchor)
+            if index.node_by_name[group.anchor].op_type in ops.FLOAT_OUTPUT:
+                float_outputs.add(group.anchor)
         else:
             enabled.discard(group.anchor)
     return enabled, float_outputs
