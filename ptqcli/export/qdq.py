@@ -26,7 +26,8 @@ from onnx import helper, numpy_helper
 from ptqcli import __version__
 from ptqcli.errors import ModelError, TableError
 from ptqcli.graph import Prepared, opset
-from ptqcli.quantize.qparams import NUMPY, QuantParams, quantize, quantize_bias
+from ptqcli.quantize.qparams import NUMPY, QuantParams
+from ptqcli.quantize.stored import codes, overlay
 from ptqcli.quantize.scale_table import ScaleTable
 
 INT16_OPSET = 21
@@ -91,7 +92,7 @@ def insert_qdq(model: onnx.ModelProto, table: ScaleTable, activation_qparams: QP
         if entry.role == "activation" or name not in inits:
             continue
         value = numpy_helper.to_array(inits[name])
-        q = quantize_bias(value, entry.params) if entry.role == "bias" else quantize(value, entry.params)
+        q = codes(table, name, value)
         q_name = names.fresh(f"{name}_quantized")
         graph.initializer.remove(inits[name])
         graph.initializer.append(numpy_helper.from_array(q, q_name))
@@ -148,7 +149,7 @@ def float_copy(prepared: Prepared, table: ScaleTable) -> onnx.ModelProto:
 
 def export(prepared: Prepared, table: ScaleTable) -> onnx.ModelProto:
     """The QDQ model for ``prepared`` quantized with ``table`` (checked by ``check_table``)."""
-    model = insert_qdq(float_copy(prepared, table), table)
+    model = insert_qdq(float_copy(overlay(prepared, table), table), table)
     model.producer_name, model.producer_version = "ptq", __version__
     model = onnx.shape_inference.infer_shapes(model)
     try:

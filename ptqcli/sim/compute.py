@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ptqcli.graph import attr, text_attr
-from ptqcli.quantize.qparams import QuantParams, quantize, quantize_bias
+from ptqcli.quantize.qparams import QuantParams
+from ptqcli.quantize.stored import codes
 from ptqcli.quantize.scale_table import GroupEntry
 from ptqcli.sim import window
 from ptqcli.sim.base import Context, Log, NoKernel, Overflow, Requant, clamp_bounds, scalar
@@ -31,7 +32,7 @@ from ptqcli.sim.pairs import ConvPairs, MatMulPairs, conv_pairs, matmul_pairs
 def _weight_codes(ctx: Context, name: str) -> tuple[np.ndarray, QuantParams]:
     """Centered weight codes ``q_w - zp_w`` (int64, the initializer's shape) and parameters."""
     p = ctx.params(name)
-    q = quantize(ctx.const(name), p).astype(np.int64)
+    q = codes(ctx.table, name, ctx.const(name)).astype(np.int64)
     _, zero = p.arrays(q.ndim)
     return q - zero, p
 
@@ -46,7 +47,7 @@ def _bias_codes(ctx: Context, group: GroupEntry, acc_scale: np.ndarray) -> np.nd
     if group.bias is None:
         return None
     p = ctx.params(group.bias)
-    b = quantize_bias(ctx.const(group.bias), p).astype(np.int64)
+    b = codes(ctx.table, group.bias, ctx.const(group.bias)).astype(np.int64)
     s_b = np.broadcast_to(np.asarray(p.scale, dtype=np.float64), b.shape)
     if np.allclose(s_b, acc_scale, rtol=1e-6, atol=0):
         return b
