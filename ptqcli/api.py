@@ -21,6 +21,8 @@ from ptqcli.quantize import autosearch, scale_table
 from ptqcli.quantize.decide import CalibrationOptions, build_table, decide
 from ptqcli.quantize.scale_groups import observation_plan
 from ptqcli.quantize.scale_table import ScaleTable
+from ptqcli.rounding import sequential
+from ptqcli.targets import Target
 
 #: ``progress(total)`` returns a context manager yielding ``update(n)``.
 ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
@@ -44,6 +46,7 @@ class CalibrateResult:
     observed_tensors: int
     seconds_observe: float
     seconds_total: float
+    rounding: sequential.RoundingReport | None = None
 
 
 def default_table_path(model: str | pathlib.Path) -> pathlib.Path:
@@ -61,8 +64,11 @@ def _no_progress(total: int) -> ContextManager[Callable[[int], None]]:
 def calibrate(model: str | pathlib.Path, *, data: str | pathlib.Path | None = None,
               output: str | pathlib.Path | None = None, observations: str | pathlib.Path | None = None,
               options: CalibrationOptions = CalibrationOptions(), data_options: DataOptions = DataOptions(),
-              subsample: int = collect.SUBSAMPLE, progress: ProgressFactory = _no_progress) -> CalibrateResult:
-    """Observe ``data`` (or load saved ``observations``) and write the scale table."""
+              subsample: int = collect.SUBSAMPLE, progress: ProgressFactory = _no_progress,
+              rounding_progress: ProgressFactory = _no_progress) -> CalibrateResult:
+    """Observe ``data`` (or load saved ``observations``) and write the scale table; then, as
+    ``options.rounding`` asks, learn the weights' rounding and correct the biases on ``data``
+    (``ptqcli.rounding.sequential``; ``rounding_progress`` counts weights)."""
     start = time.perf_counter()
     options.validate()
     if data is None and observations is None:
@@ -97,11 +103,22 @@ def calibrate(model: str | pathlib.Path, *, data: str | pathlib.Path | None = No
         table = autosearch.search(prepared, obs, options, feeds).table
     else:
         table = build_table(prepared, obs, options)
+    report = None
+    if options.rounding.needs_model_runs:
+        if data is None:
+            raise OptionError("--weights adaround and --bias-correction learn from calibration samples: give --data too")
+        feeds = sequential.feeds(list_samples(data, limit=data_options.limit), prepared.inputs, options.rounding,
+                                 batch_size=data_options.batch_size, image=data_options.image)
+        weights = sum(prepared.index.array(g.weight).size for g in table.groups.values() if g.weight)
+        with rounding_progress(weights) as update:
+            table, report = sequential.round_weights(
+                prepared, table, feeds, options.rounding, qmax=options.weight_qmax,
+                pair_bound=Target(options.cpu).pairs_saturate and options.weight_bits == 8, progress=update)
     if observations is None:
         obs_io.save(obs, obs_path)
     scale_table.write(table, table_path)
     return CalibrateResult(table, table_path, obs_path, len(obs.histograms), seconds_observe,
-                           time.perf_counter() - start)
+                           time.perf_counter() - start, report)
 
 
 def export(model: str | pathlib.Path, table: str | pathlib.Path, output: str | pathlib.Path) -> pathlib.Path:

@@ -23,6 +23,7 @@ from ptqcli.analysis.metrics import finite_or_none
 from ptqcli.errors import PtqError
 from ptqcli.observe.dataset import ImageSpec
 from ptqcli.quantize.decide import CalibrationOptions
+from ptqcli.rounding.options import WEIGHTS, RoundingOptions
 from ptqcli.sim.fixed import REQUANT
 from ptqcli.sim.pairs import CPUS
 from ptqcli.targets import Target
@@ -203,20 +204,35 @@ def main() -> None:
               help="Deployment CPU. 'any' and 'x86-avx2' raise the scale of weight channels whose codes could "
                    "saturate the int16 pair sums of x86 CPUs without VNNI; 'x86-vnni' and 'arm' keep full "
                    "8-bit weights.")
+@click.option("--weights", "weight_rounding", type=click.Choice(WEIGHTS), default="nearest", show_default=True,
+              help="Weight rounding: to nearest, or learned per weight on --data (AdaRound, layer by layer).")
+@click.option("--bias-correction", is_flag=True,
+              help="Shift each bias by its layer's mean output error on --data (empirical bias correction).")
+@click.option("--weight-bits", type=click.Choice(["8", "4"]), default="8", show_default=True,
+              help="Weight precision: 4 keeps codes in -7..7 (stored in int8).")
+@click.option("--adaround-iters", type=click.IntRange(min=1), default=RoundingOptions.adaround_iters,
+              show_default=True, help="AdaRound: Adam steps per layer.")
+@click.option("--adaround-samples", type=click.IntRange(min=16), default=RoundingOptions.adaround_samples,
+              show_default=True, help="AdaRound: input rows (patches) per layer, spread over the samples.")
 @_data_options
 @_reported
 def calibrate(model, data, output, observations, method, method_for, percentile, symmetric, per_tensor_weights,
-              int16, all_int8, exclude, fixed_range, cpu, batch_size, limit, size, mean, std, layout, bgr, quiet,
+              int16, all_int8, exclude, fixed_range, cpu, weight_rounding, bias_correction, weight_bits,
+              adaround_iters, adaround_samples, batch_size, limit, size, mean, std, layout, bgr, quiet,
               as_json) -> None:
     """Observe MODEL on --data once and write its scale table."""
+    rounding = RoundingOptions(weights=weight_rounding, bias_correction=bias_correction,
+                               adaround_iters=adaround_iters, adaround_samples=adaround_samples)
     options = CalibrationOptions(
         method=method, method_for=tuple(method_for), percentile=percentile, symmetric=symmetric,
         per_channel=not per_tensor_weights, int16=tuple(int16), sensitive_int16=not all_int8,
         exclude=tuple(exclude),
-        fixed_ranges=tuple((n, lo, hi) for n, (lo, hi) in fixed_range), cpu=cpu)
+        fixed_ranges=tuple((n, lo, hi) for n, (lo, hi) in fixed_range), cpu=cpu, weight_bits=int(weight_bits),
+        rounding=rounding)
     result = api.calibrate(model, data=data, output=output, observations=observations, options=options,
                            data_options=_data(batch_size, limit, size, mean, std, layout, bgr),
-                           progress=_progress("observing", quiet or as_json))
+                           progress=_progress("observing", quiet or as_json),
+                           rounding_progress=_progress("rounding weights", quiet or as_json, unit="weights"))
     table = result.table
     roles: dict[str, int] = {}
     for entry in table.tensors.values():
@@ -228,11 +244,33 @@ def calibrate(model, data, output, observations, method, method_for, percentile,
         _emit_json({"table": str(result.table_path), "observations": str(result.observations_path),
                     "samples": table.samples, "method": method, "tensors": roles, "nodes": precisions,
                     "groups": len(table.groups), "observed_tensors": result.observed_tensors,
-                    "seconds": {"observe": round(result.seconds_observe, 3), "total": round(result.seconds_total, 3)}})
+                    "seconds": {"observe": round(result.seconds_observe, 3), "total": round(result.seconds_total, 3)},
+                    **({"rounding": _rounding_json(result.rounding)} if result.rounding else {})})
     elif not quiet:
         parts = ", ".join(f"{n} {r}{'es' if r.endswith('s') else 's'}" for r, n in sorted(roles.items()))
         nodes = ", ".join(f"{n} {p}" for p, n in sorted(precisions.items()))
         click.echo(f"wrote {result.table_path} ({method}; {table.samples} samples; {parts}; nodes: {nodes})", err=True)
+        if result.rounding:
+            r = result.rounding
+            learned = sum(x.learned for x in r.layers)
+            corrected = sum(x.bias_shift is not None for x in r.layers)
+            click.echo(f"rounding: {len(r.layers)} layers on {r.samples} samples in {r.passes} passes, "
+                       f"{r.seconds:.1f} s; learned codes kept on {learned}, biases corrected on {corrected}"
+                       + (f"; {len(r.skipped)} left at nearest ({r.skipped[0][1]}, ...)" if r.skipped else ""),
+                       err=True)
+
+
+def _rounding_json(r) -> dict:
+    def num(x):
+        return None if x is None else finite_or_none(x)
+
+    return {"passes": r.passes, "samples": r.samples, "seconds": round(r.seconds, 3),
+            "skipped": [{"layer": a, "reason": why} for a, why in r.skipped],
+            "layers": [{"layer": x.anchor, "op_type": x.op_type, "weights": x.weights, "rows": x.rows,
+                        "iterations": x.iterations, "loss_nearest": num(x.loss_nearest),
+                        "loss_learned": num(x.loss_learned), "learned": x.learned,
+                        "repaired": x.repaired, "bias_shift": num(x.bias_shift),
+                        "seconds": round(x.seconds, 3)} for x in r.layers]}
 
 
 @main.command()

@@ -15,6 +15,7 @@ from ptqcli.quantize.plan import Group, Structure, analyse
 from ptqcli.quantize.qparams import QuantParams, activation_params, bias_floor, bias_params, weight_params
 from ptqcli.quantize.scale_groups import ScaleGroups, integer_groups, scale_groups
 from ptqcli.quantize.scale_table import GroupEntry, NodeEntry, ScaleTable, TensorEntry
+from ptqcli.rounding.options import RoundingOptions
 from ptqcli.targets import Target, pair_safe_scales, reduction_rows
 
 #: Operators whose integer form needs more than 8 bits on both sides: Softmax exponentiates its
@@ -35,7 +36,9 @@ class CalibrationOptions:
     too; ``exclude``: node names or op types left in float; ``fixed_ranges``:
     (tensor, lo, hi) ranges given by the user; ``cpu``: the deployment target
     (:class:`ptqcli.targets.Target`): ``any`` and ``x86-avx2`` keep every pair of weight codes
-    within what x86 AVX2 kernels can add in int16."""
+    within what x86 AVX2 kernels can add in int16; ``weight_bits``: 8, or 4 (codes -7..7 in int8
+    containers, which never reach the int16 pair bound); ``rounding``: AdaRound, bias correction,
+    equalization, data-free (:class:`ptqcli.rounding.options.RoundingOptions`)."""
 
     method: str = "mse"
     method_for: tuple[tuple[str, str], ...] = ()
@@ -47,8 +50,18 @@ class CalibrationOptions:
     exclude: tuple[str, ...] = ()
     fixed_ranges: tuple[tuple[str, float, float], ...] = ()
     cpu: str = Target.ANY.value
+    weight_bits: int = 8
+    rounding: RoundingOptions = RoundingOptions()
+
+    @property
+    def weight_qmax(self) -> int:
+        """The largest weight code: 127, or 7 for 4-bit weights."""
+        return 2 ** (self.weight_bits - 1) - 1
 
     def validate(self) -> None:
+        self.rounding.validate()
+        if self.weight_bits not in (4, 8):
+            raise OptionError(f"--weight-bits must be 8 or 4, got {self.weight_bits!r}")
         if self.method not in calibrators.METHODS and self.method != "auto":
             raise OptionError(f"unknown range method {self.method!r}; known: "
                               f"{', '.join(calibrators.METHODS)}, auto")
@@ -201,9 +214,9 @@ def _weights(prepared: Prepared, g: Group, tensors: dict[str, TensorEntry], opti
         floor = 0.0
         if g.bias is not None:
             floor = bias_floor(index.array(g.bias), tensors[g.inputs[0]].params, axis is not None)
-        wp = weight_params(w, axis, min_scale=floor)
+        wp = weight_params(w, axis, min_scale=floor, bits=options.weight_bits)
         method = "max"
-        if Target(options.cpu).pairs_saturate:
+        if Target(options.cpu).pairs_saturate and options.weight_bits == 8:
             wp, raised = _pair_safe(index.node_by_name[g.anchor], w, wp)
             method = "max-pairs" if raised else method
         amax = float(np.abs(w).max()) if w.size else 0.0

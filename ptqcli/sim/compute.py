@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ptqcli.graph import attr, text_attr
+from ptqcli.graph import activation_bounds, attr, text_attr
 from ptqcli.quantize.qparams import QuantParams
 from ptqcli.quantize.stored import codes
 from ptqcli.quantize.scale_table import GroupEntry
@@ -94,15 +94,10 @@ def _float_clamp(ctx: Context, names: tuple[str, ...]) -> tuple[float, float]:
     lo, hi = -np.inf, np.inf
     for name in names:
         node = ctx.node(name)
-        if node.op_type == "Relu":
-            lo = max(lo, 0.0)
-        elif node.op_type == "Clip":
-            a = ctx.const(node.input[1]) if len(node.input) > 1 and node.input[1] else attr(node, "min")
-            b = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else attr(node, "max")
-            lo = max(lo, float(a)) if a is not None else lo
-            hi = min(hi, float(b)) if b is not None else hi
-        else:
+        bounds = activation_bounds(ctx.index, node)
+        if bounds is None:
             raise NoKernel(f"node {name!r}: {node.op_type} cannot be fused into a matrix product")
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     return lo, hi
 
 
