@@ -21,7 +21,7 @@ from ptqcli.quantize import autosearch, scale_table
 from ptqcli.quantize.decide import CalibrationOptions, build_table, decide
 from ptqcli.quantize.scale_groups import observation_plan
 from ptqcli.quantize.scale_table import ScaleTable
-from ptqcli.rounding import sequential
+from ptqcli.rounding import datafree, equalize, sequential
 from ptqcli.targets import Target
 
 #: ``progress(total)`` returns a context manager yielding ``update(n)``.
@@ -47,6 +47,7 @@ class CalibrateResult:
     seconds_observe: float
     seconds_total: float
     rounding: sequential.RoundingReport | None = None
+    equalized: equalize.Equalized | None = None
 
 
 def default_table_path(model: str | pathlib.Path) -> pathlib.Path:
@@ -71,15 +72,31 @@ def calibrate(model: str | pathlib.Path, *, data: str | pathlib.Path | None = No
     (``ptqcli.rounding.sequential``; ``rounding_progress`` counts weights)."""
     start = time.perf_counter()
     options.validate()
-    if data is None and observations is None:
-        raise OptionError("give --data DIR (or --observations FILE from an earlier run)")
+    if data is None and observations is None and not options.rounding.data_free:
+        raise OptionError("give --data DIR (or --observations FILE from an earlier run, or --data-free)")
     table_path = pathlib.Path(output) if output is not None else default_table_path(model)
     if not table_path.parent.is_dir():
         raise OptionError(f"-o {str(table_path)!r}: folder {str(table_path.parent)!r} does not exist")
-    prepared = prepare(model)
+    prepared = user = prepare(model)
     decisions = decide(prepared, options)  # option errors surface before the model runs
+    equalized = None
+    if options.rounding.equalize:  # every later step sees the equalized model
+        prepared, equalized = equalize.equalized_model(prepared)
     seconds_observe = 0.0
-    if observations is not None:
+    synthetic = None
+    if options.rounding.data_free:
+        stats = datafree.statistics(model)
+        if equalized is not None:
+            stats = datafree.rescaled(stats, equalized.scales)
+        synthetic = datafree.synthetic_model(prepared, stats, options.fixed_ranges, data_options.image.size,
+                                             options.rounding.seed)
+        tensors, derived = observation_plan(prepared.index, decisions.structure)
+        t0 = time.perf_counter()
+        obs = derive(prepared, collect.observe(synthetic.prepared, tensors, synthetic.batches(), subsample=subsample),
+                     derived)
+        seconds_observe = time.perf_counter() - t0
+        obs_path = observations_path_for(table_path)
+    elif observations is not None:
         obs = obs_io.load(observations)
         obs_path = pathlib.Path(observations)
         if obs.fingerprint != prepared.fingerprint:
@@ -103,6 +120,10 @@ def calibrate(model: str | pathlib.Path, *, data: str | pathlib.Path | None = No
         table = autosearch.search(prepared, obs, options, feeds).table
     else:
         table = build_table(prepared, obs, options)
+    if equalized is not None:
+        table = equalize.restore(table, user, equalized)
+    if synthetic is not None and options.rounding.bias_correction:
+        table, _ = datafree.correct_biases(prepared, table, synthetic)
     report = None
     if options.rounding.needs_model_runs:
         if data is None:
@@ -118,7 +139,7 @@ def calibrate(model: str | pathlib.Path, *, data: str | pathlib.Path | None = No
         obs_io.save(obs, obs_path)
     scale_table.write(table, table_path)
     return CalibrateResult(table, table_path, obs_path, len(obs.histograms), seconds_observe,
-                           time.perf_counter() - start, report)
+                           time.perf_counter() - start, report, equalized)
 
 
 def export(model: str | pathlib.Path, table: str | pathlib.Path, output: str | pathlib.Path) -> pathlib.Path:

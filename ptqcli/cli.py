@@ -210,6 +210,13 @@ def main() -> None:
               help="Shift each bias by its layer's mean output error on --data (empirical bias correction).")
 @click.option("--weight-bits", type=click.Choice(["8", "4"]), default="8", show_default=True,
               help="Weight precision: 4 keeps codes in -7..7 (stored in int8).")
+@click.option("--equalize", is_flag=True,
+              help="Cross-layer equalization: rescale consecutive layers so that their per-channel weight "
+                   "ranges match (for --per-tensor-weights); the float model computes the same.")
+@click.option("--data-free", is_flag=True,
+              help="No calibration data: activation ranges (and, with --bias-correction, the expected layer "
+                   "errors) from the BatchNorm statistics; each model input needs --fixed-range NAME=LO:HI, "
+                   "and --size HxW where its spatial size is not fixed.")
 @click.option("--adaround-iters", type=click.IntRange(min=1), default=RoundingOptions.adaround_iters,
               show_default=True, help="AdaRound: Adam steps per layer.")
 @click.option("--adaround-samples", type=click.IntRange(min=16), default=RoundingOptions.adaround_samples,
@@ -217,11 +224,12 @@ def main() -> None:
 @_data_options
 @_reported
 def calibrate(model, data, output, observations, method, method_for, percentile, symmetric, per_tensor_weights,
-              int16, all_int8, exclude, fixed_range, cpu, weight_rounding, bias_correction, weight_bits,
-              adaround_iters, adaround_samples, batch_size, limit, size, mean, std, layout, bgr, quiet,
+              int16, all_int8, exclude, fixed_range, cpu, weight_rounding, bias_correction, weight_bits, equalize,
+              data_free, adaround_iters, adaround_samples, batch_size, limit, size, mean, std, layout, bgr, quiet,
               as_json) -> None:
     """Observe MODEL on --data once and write its scale table."""
-    rounding = RoundingOptions(weights=weight_rounding, bias_correction=bias_correction,
+    rounding = RoundingOptions(weights=weight_rounding, bias_correction=bias_correction, equalize=equalize,
+                               data_free=data_free,
                                adaround_iters=adaround_iters, adaround_samples=adaround_samples)
     options = CalibrationOptions(
         method=method, method_for=tuple(method_for), percentile=percentile, symmetric=symmetric,
@@ -245,11 +253,17 @@ def calibrate(model, data, output, observations, method, method_for, percentile,
                     "samples": table.samples, "method": method, "tensors": roles, "nodes": precisions,
                     "groups": len(table.groups), "observed_tensors": result.observed_tensors,
                     "seconds": {"observe": round(result.seconds_observe, 3), "total": round(result.seconds_total, 3)},
-                    **({"rounding": _rounding_json(result.rounding)} if result.rounding else {})})
+                    **({"rounding": _rounding_json(result.rounding)} if result.rounding else {}),
+                    **({"equalized": {"pairs": len(result.equalized.pairs), "rounds": result.equalized.rounds,
+                                      "skipped": len(result.equalized.skipped)}} if result.equalized else {})})
     elif not quiet:
         parts = ", ".join(f"{n} {r}{'es' if r.endswith('s') else 's'}" for r, n in sorted(roles.items()))
         nodes = ", ".join(f"{n} {p}" for p, n in sorted(precisions.items()))
         click.echo(f"wrote {result.table_path} ({method}; {table.samples} samples; {parts}; nodes: {nodes})", err=True)
+        if result.equalized is not None:
+            e = result.equalized
+            click.echo(f"equalized {len(e.pairs)} layer pairs in {e.rounds} rounds"
+                       + (f"; {len(e.skipped)} left alone ({e.skipped[0][1]})" if e.skipped else ""), err=True)
         if result.rounding:
             r = result.rounding
             learned = sum(x.learned for x in r.layers)

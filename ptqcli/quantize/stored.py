@@ -106,6 +106,12 @@ def overlay(prepared, table):
     stored = getattr(table, "stored", None)
     if stored is None or not stored.values:
         return prepared
+    return with_values(prepared, stored.values)
+
+
+def with_values(prepared, values: dict[str, np.ndarray], fingerprint: str | None = None):
+    """A copy of ``prepared`` whose initializers named in ``values`` hold those values, with
+    ``fingerprint`` (default: the original's)."""
     from dataclasses import replace
 
     from ptqcli.graph import GraphIndex
@@ -113,9 +119,9 @@ def overlay(prepared, table):
     model = onnx.ModelProto()
     model.CopyFrom(prepared.model)
     for init in model.graph.initializer:
-        if init.name in stored.values:
-            init.CopyFrom(numpy_helper.from_array(np.asarray(stored.values[init.name], dtype=np.float32), init.name))
-    return replace(prepared, model=model, index=GraphIndex(model))
+        if init.name in values:
+            init.CopyFrom(numpy_helper.from_array(np.asarray(values[init.name], dtype=np.float32), init.name))
+    return replace(prepared, model=model, index=GraphIndex(model), fingerprint=fingerprint or prepared.fingerprint)
 
 
 def sidecar_path(table_path: pathlib.Path) -> pathlib.Path:
