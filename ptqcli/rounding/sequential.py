@@ -9,9 +9,10 @@ they are once quantized, so that a layer can absorb the error its inputs already
    with the layout) and its exact mean per output channel;
 2. layers are put in *waves*: a layer's wave is the number of rounded layers on its longest path
    from the inputs, so the layers of one wave read nothing another of them writes.  For each wave,
-   one pass of the QDQ model built from the table as it stands (learned codes and corrected biases
-   of the earlier waves in place, ``ptqcli.export.qdq.insert_qdq``) gives each layer's quantized
-   input at the same positions, and the exact mean of its input rows;
+   the QDQ model built from the table as it stands (learned codes and corrected biases of the
+   earlier waves in place, ``ptqcli.export.qdq.insert_qdq``) gives each layer's quantized input at
+   the same positions, and the exact mean of its input rows; only the nodes no earlier wave ran
+   are run (``ptqcli.rounding.incremental``), so all waves together cost about one pass;
 3. each layer of the wave is rounded (``calibrators.adaround`` on the first three quarters of its
    rows, judged against nearest rounding on the last quarter, which come from other samples; a
    layer whose learned codes do not lower the held-out loss keeps nearest), its codes kept within
@@ -42,6 +43,7 @@ from ptqcli.quantize.qparams import dequantize, quantize, quantize_bias
 from ptqcli.quantize.scale_table import ScaleTable
 from ptqcli.quantize.stored import Stored, codes
 from ptqcli.rounding import pairs
+from ptqcli.rounding.incremental import Incremental
 from ptqcli.rounding.layers import LayerView, Unsupported, view
 from ptqcli.rounding.options import RoundingOptions
 
@@ -73,7 +75,7 @@ class LayerReport:
 class RoundingReport:
     layers: tuple[LayerReport, ...]
     skipped: tuple[tuple[str, str], ...]   # (layer, why it kept nearest rounding untouched)
-    passes: int                            # model passes over the data (the float one included)
+    passes: int                            # runs over the data: the float pass, one partial QDQ run per wave
     samples: int
     seconds: float
 
@@ -186,13 +188,12 @@ def round_weights(prepared: Prepared, table: ScaleTable, feeds: Sequence[Feed], 
     del session
     order = waves(prepared, set(specs))
     reports: list[LayerReport] = []
-    passes = 1
+    runner = Incremental(feeds)
     stored = table.stored or Stored()
     for w in sorted(set(order.values())):
         members = [a for a in specs if order[a] == w]
         current = replace(table, stored=stored)
-        _quantized_inputs(prepared, current, feeds, [specs[a] for a in members], rows)
-        passes += 1
+        _quantized_inputs(prepared, current, feeds, [specs[a] for a in members], rows, runner)
         for anchor in members:
             report, new_codes = _round_layer(prepared, current, specs[anchor], rows[anchor], options, qmax, pair_bound,
                                              seed=(options.seed, position[anchor]))
@@ -203,19 +204,19 @@ def round_weights(prepared: Prepared, table: ScaleTable, feeds: Sequence[Feed], 
             if progress is not None:
                 progress(report.weights)
     out = replace(table, stored=stored if stored else None)
-    return out, RoundingReport(tuple(reports), tuple(skipped), passes, samples, time.perf_counter() - start)
+    return out, RoundingReport(tuple(reports), tuple(skipped), 1 + runner.passes, samples, time.perf_counter() - start)
 
 
 def _quantized_inputs(prepared: Prepared, table: ScaleTable, feeds: Sequence[Feed], members: list[LayerView],
-                      rows: dict[str, _Rows]) -> None:
-    """One pass of the QDQ model of ``table``: each member's input rows at its sampled positions
-    and the sum of all its input rows."""
+                      rows: dict[str, _Rows], runner: Incremental) -> None:
+    """The QDQ model of ``table`` up to the members' inputs (only the nodes no earlier wave ran:
+    ``ptqcli.rounding.incremental``): each member's input rows at its sampled positions and the
+    sum of all its input rows."""
     graph_inputs = set(prepared.index.input_names)
-    exposed = [s.input for s in members if s.input not in graph_inputs]
-    model = _with_outputs(insert_qdq(float_copy(prepared, table), table), exposed)
-    session = runtime.session(model) if exposed else None
+    exposed = list(dict.fromkeys(s.input for s in members if s.input not in graph_inputs))
+    computed = runner.run(insert_qdq(float_copy(prepared, table), table), exposed) if exposed else [{} for _ in feeds]
     for b, feed in enumerate(feeds):
-        outs = dict(zip(exposed, session.run(exposed, feed))) if session is not None else {}
+        outs = computed[b]
         for spec in members:
             if spec.input in graph_inputs:  # quantized as the model's QuantizeLinear does
                 p = table.tensors[spec.input].params
