@@ -25,7 +25,8 @@ demo: install
 	$(BIN)/ptq simulate $(SAMPLES)/digits_cnn.onnx --table $(DEMO)/digits_cnn.table.json --requant fp32 -q \
 		--data $(SAMPLES)/digits/eval --labels $(SAMPLES)/digits/eval/labels.csv
 
-# Every range method on both sample models, from one observation pass per model.
+# Every range method on both sample models, from one observation pass per model (auto also reads
+# the samples again, to score its candidates).
 METHODS := max percentile kl mse auto
 demo-all: install
 	mkdir -p $(DEMO)
@@ -33,7 +34,8 @@ demo-all: install
 	  $(BIN)/ptq calibrate $(SAMPLES)/$$model.onnx --data $(SAMPLES)/digits/calib -o $(DEMO)/$$model.table.json -q && \
 	  for method in $(METHODS); do \
 	    $(BIN)/ptq calibrate $(SAMPLES)/$$model.onnx --observations $(DEMO)/$$model.table.obs.npz \
-	      --data $(SAMPLES)/digits/calib --method $$method -o $(DEMO)/$$model.$$method.json -q && \
+	      $$(test $$method = auto && echo --data $(SAMPLES)/digits/calib) --method $$method \
+	      -o $(DEMO)/$$model.$$method.json -q && \
 	    $(BIN)/ptq export $(SAMPLES)/$$model.onnx --table $(DEMO)/$$model.$$method.json -o $(DEMO)/$$model.$$method.onnx -q && \
 	    echo "$$model $$method: $$($(BIN)/ptq evaluate $(SAMPLES)/$$model.onnx $(DEMO)/$$model.$$method.onnx \
 	      --data $(SAMPLES)/digits/eval --labels $(SAMPLES)/digits/eval/labels.csv -q | tail -n 3 | tr -s ' \n' ' ')"; \
@@ -65,7 +67,7 @@ bench: bench-data
 
 # The remedies for x86 AVX2 int16 pair saturation, side by side (writes bench/results-saturation.*).
 bench-saturation: bench-data qemu
-	$(BIN)/python -m bench.saturation --qemu
+	$(BIN)/python -m bench.saturation --qemu cls,magika
 
 # Weight rounding on every model: nearest / AdaRound / + bias correction at W8A8 and W4A8, per-tensor
 # weights with and without equalization, data-free (writes bench/results-rounding.*; hours).

@@ -1,7 +1,6 @@
 """--data-free: BatchNorm statistics, the synthetic tensors built from them, analytic bias
 correction, and what it refuses."""
 
-from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -117,13 +116,10 @@ def test_analytic_bias_correction_removes_most_of_a_built_in_mean_error(tmp_path
 
 
 def test_data_free_digits_cnn_keeps_the_float_decisions(cnn_model, tmp_path, eval_dir):
-    from ptqcli.analysis.report import evaluation_report
-
     r = api.calibrate(cnn_model, output=tmp_path / "t.json", options=CalibrationOptions(
         rounding=RoundingOptions(data_free=True, bias_correction=True, equalize=True),
         fixed_ranges=(("image", -1.0, 1.0),)))
     assert r.table.samples == datafree.SAMPLES
     api.export(cnn_model, r.table_path, tmp_path / "q.onnx")
-    report = evaluation_report(cnn_model, tmp_path / "q.onnx", eval_dir, None, api.DataOptions(limit=200),
-                               lambda n: nullcontext(lambda k: None))
-    assert report.as_json()["top1_agreement"] >= 0.97
+    ev = api.evaluate(cnn_model, tmp_path / "q.onnx", eval_dir, data_options=api.DataOptions(limit=200))
+    assert ev.top1_agreement >= 0.97

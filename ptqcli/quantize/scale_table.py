@@ -11,13 +11,13 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from ptqcli import __version__
 from ptqcli.errors import TableError
+from ptqcli.files import staged, write_text_atomic
 from ptqcli.quantize import stored as stored_io
 from ptqcli.quantize.qparams import LIMITS, QuantParams
 from ptqcli.quantize.stored import Stored
@@ -150,30 +150,22 @@ def to_json(table: ScaleTable, sidecar: str | None = None) -> str:
 
 
 def write(table: ScaleTable, path: str | os.PathLike) -> None:
-    """Write ``table`` to ``path`` atomically (temporary file in the same folder, then rename);
-    its stored tensors, if any, first to the sidecar beside it (``ptqcli.quantize.stored``)."""
+    """Write ``table`` to ``path``, and its stored tensors, if any, to the sidecar beside it
+    (``ptqcli.quantize.stored``): both whole or neither (``ptqcli.files.staged``), the sidecar
+    renamed into place first so that a table never names a sidecar that is not there."""
     path = pathlib.Path(path)
-    sidecar = None
-    if table.stored:
-        side = stored_io.sidecar_path(path)
-        stored_io.save(table.stored, side)
-        sidecar = side.name
-    write_text_atomic(path, to_json(table, sidecar))
-
-
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    if not table.stored:
+        write_text_atomic(path, to_json(table, None))
+        return
+    side = stored_io.sidecar_path(path)
+    with staged(side, path) as (tmp_side, tmp):
+        with open(tmp_side, "wb") as f:
+            stored_io.write_npz(table.stored, f)
+        tmp.write_bytes(to_json(table, side.name).encode("utf-8"))
 
 
 def schema() -> dict[str, Any]:
-    text = resources.files("ptqcli.quantize").joinpath("schema/scale_table.schema.json").read_text(encoding="utf-8")
+    text = resources.files("ptqcli.quantize.schema").joinpath("scale_table.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

@@ -27,15 +27,16 @@ import hashlib
 import io
 import os
 import pathlib
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from ptqcli.errors import TableError
+from ptqcli.files import write_atomic
 from ptqcli.quantize.qparams import LIMITS, NUMPY, quantize, quantize_bias
 
 #: Sidecar file name: the table's name without ``.json``, plus this suffix.
@@ -129,22 +130,20 @@ def sidecar_path(table_path: pathlib.Path) -> pathlib.Path:
 
 
 def save(stored: Stored, path: str | os.PathLike) -> None:
-    """Write ``stored`` as an uncompressed ``.npz`` whose bytes depend on its contents only
-    (sorted entries, fixed timestamps), atomically: temporary file beside ``path``, then rename."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-            for kind in _KINDS:
-                arrays = getattr(stored, kind)
-                names = sorted(arrays)
-                _entry(zf, f"{kind}.names", np.array(names, dtype=str) if names else np.zeros(0, dtype="<U1"))
-                for i, name in enumerate(names):
-                    _entry(zf, f"{kind}.{i:05d}", np.ascontiguousarray(arrays[name]))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write ``stored`` to ``path`` whole or not at all (``ptqcli.files.write_atomic``)."""
+    write_atomic(path, lambda f: write_npz(stored, f))
+
+
+def write_npz(stored: Stored, f: BinaryIO) -> None:
+    """``stored`` as an uncompressed ``.npz`` whose bytes depend on its contents only (sorted
+    entries, fixed timestamps), written to the open binary file ``f``."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+        for kind in _KINDS:
+            arrays = getattr(stored, kind)
+            names = sorted(arrays)
+            _entry(zf, f"{kind}.names", np.array(names, dtype=str) if names else np.zeros(0, dtype="<U1"))
+            for i, name in enumerate(names):
+                _entry(zf, f"{kind}.{i:05d}", np.ascontiguousarray(arrays[name]))
 
 
 def _entry(zf: zipfile.ZipFile, key: str, array: np.ndarray) -> None:

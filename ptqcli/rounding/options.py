@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ptqcli.errors import OptionError
-
-#: ``--weights``: how weight codes are chosen.
-WEIGHTS = ("nearest", "adaround")
+from ptqcli.choices import WEIGHTS
+from ptqcli.errors import Option, OptionError
 
 
 @dataclass(frozen=True)
@@ -35,10 +33,11 @@ class RoundingOptions:
 
     def validate(self) -> None:
         if self.weights not in WEIGHTS:
-            raise OptionError(f"unknown weight rounding {self.weights!r}; known: {', '.join(WEIGHTS)}")
+            raise OptionError(Option("weights", self.weights), f": unknown weight rounding; known: {', '.join(WEIGHTS)}")
         if self.adaround_iters < 1:
-            raise OptionError(f"--adaround-iters must be at least 1, got {self.adaround_iters}")
+            raise OptionError(Option("adaround_iters"), f" must be at least 1, got {self.adaround_iters}")
         if self.adaround_samples < 16:
-            raise OptionError(f"--adaround-samples must be at least 16, got {self.adaround_samples}")
+            raise OptionError(Option("adaround_samples"), f" must be at least 16, got {self.adaround_samples}")
         if self.data_free and self.weights == "adaround":
-            raise OptionError("--data-free has no data to learn rounding from: use --weights nearest")
+            raise OptionError(Option("data_free"), " has no data to learn rounding from: use ",
+                              Option("weights", "nearest"))

@@ -65,7 +65,14 @@ Notation: ``q`` codes, ``s`` scale (float32 value from the table), ``zp`` zero p
     is DequantizeLinear then QuantizeLinear.  The two arithmetics part only at ties: a float32
     factor that lost its low bits puts ``acc * factor`` exactly on ``k + 1/2`` (rounded to even)
     where the exact product is a hair off it.
-14. Anything else runs in float (ONNX Runtime on the node alone, on dequantized inputs), and its
+14. ``cpu="x86-avx2"`` (``ptq simulate --cpu x86-avx2``) forms the accumulators of rule 3 as
+    ONNX Runtime does on x86 CPUs with AVX2 but without VNNI: products of raw activation codes
+    (int8 codes shifted by 128) and weight codes, adjacent pairs along the reduction (Conv: kernel
+    taps row-major, input channel fastest) added and saturated to int16, then summed in int32;
+    the zero point is corrected afterwards.  Depthwise Conv and MatMul of two activations stay
+    exact.  Every saturated pair sum is counted per node (``SimOutputs.saturations``); see
+    :mod:`ptqcli.targets` and :mod:`ptqcli.sim.pairs`.
+15. Anything else runs in float (ONNX Runtime on the node alone, on dequantized inputs), and its
     quantized outputs are quantized as in 1.  Every such node is listed in
     ``SimOutputs.fallbacks`` with the reason.  So that results never depend on how samples are
     batched, row-wise float nodes run one sample at a time, always on 64-byte aligned copies

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper
 
 from ptqcli import runtime
-from ptqcli.analysis.metrics import Agreement, top1
+from ptqcli.analysis.metrics import Agreement, class_scores, top1
 from ptqcli.errors import DataError
 from ptqcli.export.qdq import export
 from ptqcli.graph import Prepared
@@ -51,12 +51,14 @@ class Codes:
                      self.count + d.size, max(self.max_diff, int(d.max(initial=0))))
 
     @property
-    def equal_fraction(self) -> float:
-        return self.equal / self.count if self.count else 1.0
+    def equal_fraction(self) -> float | None:
+        """Fraction of codes equal; None when nothing was compared (not a vacuous 100 %)."""
+        return self.equal / self.count if self.count else None
 
     @property
-    def within1_fraction(self) -> float:
-        return self.within1 / self.count if self.count else 1.0
+    def within1_fraction(self) -> float | None:
+        """Fraction of codes at most one apart; None when nothing was compared."""
+        return self.within1 / self.count if self.count else None
 
 
 @dataclass(frozen=True)
@@ -264,10 +266,9 @@ def compare(prepared: Prepared, table: ScaleTable, files: Sequence[pathlib.Path]
             overflows[o.node] = Overflow(o.node, prev.count + o.count, max(prev.peak, o.peak))
         for s in sim.saturations:
             saturated[s.node] = saturated.get(s.node, 0) + s.count
-        first = ref[outputs[0]]
-        if np.ndim(first) >= 2 and len(first) == batch.count:
+        if class_scores(ref[outputs[0]], batch.count):
             classified = True
-            pf, po, ps = top1(first), top1(ort_out[outputs[0]]), top1(sim.tensors[outputs[0]].values)
+            pf, po, ps = top1(ref[outputs[0]]), top1(ort_out[outputs[0]]), top1(sim.tensors[outputs[0]].values)
             counts["sim_vs_float"] += int((ps == pf).sum())
             counts["ort_vs_float"] += int((po == pf).sum())
             counts["sim_vs_ort"] += int((ps == po).sum())

@@ -15,13 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ptqcli import targets
+from ptqcli.choices import CPUS  # noqa: F401  (the simulator's callers read it here)
 from ptqcli.quantize.qparams import QuantParams
 from ptqcli.sim import window
 from ptqcli.sim.base import Log
-
-#: The accumulation arithmetics the simulator models: every product summed exactly (x86 VNNI,
-#: ARM, integer accelerators), or in saturating int16 pairs (x86 AVX2 without VNNI).
-CPUS = ("exact", "x86-avx2")
 
 
 @dataclass(frozen=True)

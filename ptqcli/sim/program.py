@@ -16,7 +16,8 @@ from typing import Iterable
 import numpy as np
 import onnx
 
-from ptqcli.errors import OptionError, TableError
+from ptqcli.errors import Option, OptionError, TableError
+from ptqcli.export.qdq import check_params
 from ptqcli.graph import InputSpec, Prepared, attr, opset
 from ptqcli.quantize.qparams import QuantParams, dequantize, quantize
 from ptqcli.quantize.scale_table import GroupEntry, ScaleTable
@@ -97,6 +98,7 @@ def check(prepared: Prepared, table: ScaleTable) -> None:
     for name in table.tensors:
         if name not in index.producer and name not in index.initializers and name not in index.input_names:
             raise TableError(f"{label}: tensor {name!r} is not in {prepared.source.name}")
+    check_params(prepared, table, label)
 
 
 @dataclass(frozen=True)
@@ -191,9 +193,9 @@ def build(prepared: Prepared, table: ScaleTable, *, keep: Iterable[str] = (), re
     ``fp32`` (see :mod:`ptqcli.sim.fixed`); ``cpu``: the accumulation, ``exact`` or
     ``x86-avx2`` (see :mod:`ptqcli.sim.pairs`)."""
     if requant not in REQUANT:
-        raise OptionError(f"--requant {requant!r}: expected one of {', '.join(REQUANT)}")
+        raise OptionError(Option("requant", requant), f": expected one of {', '.join(REQUANT)}")
     if cpu not in CPUS:
-        raise OptionError(f"--cpu {cpu!r}: expected one of {', '.join(CPUS)}")
+        raise OptionError(Option("cpu", cpu), f": expected one of {', '.join(CPUS)}")
     check(prepared, table)
     prepared = overlay(prepared, table)
     index = prepared.index

@@ -10,7 +10,7 @@ from typing import Callable, ContextManager
 from ptqcli.analysis.evaluate import read_labels
 from ptqcli.analysis.metrics import finite_or_none
 from ptqcli.graph import prepare
-from ptqcli.observe.dataset import ImageSpec, list_samples
+from ptqcli.observe.dataset import ImageSpec, image_note, list_samples
 from ptqcli.quantize import scale_table
 from ptqcli.runtime import Int8Arithmetic, int8_arithmetic
 from ptqcli.sim import resolve_cpu
@@ -132,6 +132,8 @@ def _tensor_text(t: TensorComparison) -> str:
 
 def _codes_text(t: TensorComparison) -> str:
     codes = t.sim_vs_ort
+    if not codes.count:
+        return f"{t.dtype} codes not compared (ORT QDQ exposes none for this tensor)"
     return (f"{t.dtype} codes vs ORT QDQ {codes.equal_fraction:.2%} equal, {codes.within1_fraction:.2%} "
             f"within 1 (max {codes.max_diff})")
 
@@ -143,6 +145,7 @@ def simulation_report(model: pathlib.Path, table: pathlib.Path, data: pathlib.Pa
     loaded = scale_table.load(table)
     check(prepared, loaded)
     files = list_samples(data, limit=limit)
+    image_note(files, prepared.inputs, image)
     with progress(len(files)) as update:
         result = compare(prepared, loaded, files, batch_size=batch_size, image=image,
                          labels=read_labels(labels) if labels else None, per_layer=per_layer,
