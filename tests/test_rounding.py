@@ -2,6 +2,7 @@
 x86 pair bound, 4-bit codes, the simulator against ONNX Runtime, and bias correction."""
 
 import json
+from contextlib import nullcontext
 from dataclasses import replace
 
 import numpy as np
@@ -172,3 +173,31 @@ def test_cli_reports_the_rounding(tmp_path, cnn_model, calib_dir):
     bad = CliRunner().invoke(main, ["calibrate", str(cnn_model), "--observations", str(out.with_suffix(".obs.npz")),
                                     "-o", str(out), "--weights", "adaround"])
     assert bad.exit_code == 2 and "give --data too" in bad.output
+
+
+def test_progress_counts_every_weight_including_a_layer_left_at_nearest(tmp_path, rng):
+    """The bar's total is every weight; a layer the pass cannot view (a Gemm with alpha) is counted
+    as done when it is skipped, so the bar ends full."""
+    k, h, o = 8, 12, 4
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="scaled", alpha=2.0),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="plain")]
+    model = make_model(nodes, [float_input("x", ["N", k])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", o])],
+                       [("w1", rng.normal(0, 0.3, (k, h)).astype(np.float32)), ("b1", np.zeros(h, np.float32)),
+                        ("w2", rng.normal(0, 0.3, (h, o)).astype(np.float32)), ("b2", np.zeros(o, np.float32))])
+    path = save(model, tmp_path / "two.onnx")
+    calib = write_npy_folder(tmp_path / "calib", rng.normal(0, 1, (32, 1, k)).astype(np.float32))
+    seen = {"total": [], "done": 0}
+
+    def progress(total):
+        seen["total"].append(total)
+
+        def update(n):
+            seen["done"] += n
+        return nullcontext(update)
+
+    r = api.calibrate(path, data=calib, output=tmp_path / "t.json", rounding_progress=progress,
+                      options=CalibrationOptions(rounding=replace(FAST, adaround_iters=20, adaround_samples=64)))
+    assert [a for a, _ in r.rounding.skipped] == ["scaled"]
+    assert seen["total"] == [k * h + h * o] and seen["done"] == k * h + h * o

@@ -167,6 +167,8 @@ def round_weights(prepared: Prepared, table: ScaleTable, feeds: Sequence[Feed], 
             specs[anchor] = view(index, group)
         except Unsupported as exc:
             skipped.append((anchor, str(exc)))
+            if progress is not None:  # counted as done: the bar covers every weight
+                progress(int(np.prod(index.shape[group.weight])))
     samples = sum(len(next(iter(f.values()))) for f in feeds)
     rows = {a: _Rows([], []) for a in specs}
     # 1. the float pass: targets at sampled positions, exact channel means
