@@ -23,6 +23,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from bench import procs
 from bench.common import BENCH, DATA, MODELS, ROOT, TASKS, WORK, write_json
@@ -166,18 +167,20 @@ def variant(model: Model, column: str, args: list[str], cfg: argparse.Namespace,
     return result
 
 
-def run_model(model: Model, cfg: argparse.Namespace) -> dict:
+def run_model(model: Model, cfg: argparse.Namespace, save: Callable[[dict], None]) -> dict:
+    """Every variant of ``model`` (those of ``--only``, in the order given); ``save(partial)``
+    after each, so that a run stopped part-way keeps the variants it finished."""
     wdir = WORK / "rounding" / model.name
     shutil.rmtree(wdir, ignore_errors=True)
     wdir.mkdir(parents=True)
     _log(f"{model.name}: float")
     out = {"metric": model.metric, "float": evaluate(model, None, wdir / "float.eval.json", cfg.timeout).get("float"),
            "float_seconds": float_seconds(model, cfg.samples, cfg.timeout, wdir), "variants": {}}
-    for column, args in VARIANTS:
-        if cfg.only and column not in cfg.only:
-            continue
+    arguments = dict(VARIANTS)
+    for column in cfg.only or arguments:
         _log(f"{model.name}: {column}")
-        out["variants"][column] = variant(model, column, list(args), cfg, wdir)
+        out["variants"][column] = variant(model, column, list(arguments[column]), cfg, wdir)
+        save(out)
     return out
 
 
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     known = models()
     parser = argparse.ArgumentParser(description="Weight rounding (nearest, AdaRound, bias correction, CLE, data-free).")
     parser.add_argument("--task", action="append", choices=sorted(known), help="model (repeatable; default all)")
-    parser.add_argument("--only", action="append", choices=[c for c, _ in VARIANTS], help="variant (repeatable)")
+    parser.add_argument("--only", action="append", choices=[c for c, _ in VARIANTS], help="variant (repeatable; run in the order given)")
     parser.add_argument("--samples", type=int, default=100, help="calibration samples (default 100)")
     parser.add_argument("--iters", type=int, default=1000, help="AdaRound iterations per layer (default 1000)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per process (default 3600)")
@@ -196,9 +199,12 @@ def main(argv: list[str] | None = None) -> None:
     results = {"command": "python -m bench.rounding " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
                "config": {"samples": cfg.samples, "iters": cfg.iters, "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS")},
                "environment": environment(), "models": {}}
+    def save(partial: dict, name: str) -> None:  # a long run keeps what it has
+        results["models"][name] = partial
+        write_json(cfg.out.with_suffix(".json"), results)
+
     for name in names:
-        results["models"][name] = run_model(known[name], cfg)
-        write_json(cfg.out.with_suffix(".json"), results)  # a long run keeps what it has
+        run_model(known[name], cfg, lambda partial, name=name: save(partial, name))
     results["seconds"] = round(time.perf_counter() - start, 1)
     write_json(cfg.out.with_suffix(".json"), results)
     cfg.out.with_suffix(".md").write_text(markdown(results))

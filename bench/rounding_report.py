@@ -1,8 +1,18 @@
 """bench/results-rounding.md from the results document: the metric table, the time table and the
-targets of issue 13, line by line."""
+targets of issue 13, line by line.
+
+    python -m bench.rounding_report A.json B.json --out bench/results-rounding
+
+joins the documents of runs made apart (say, the small models and one large model run side by side)
+into one: models in the order given, each run's command and configuration kept."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import pathlib
+
+from bench.common import write_json
 from bench.report import _num  # the number format of bench/results.md
 
 COLUMNS = (("w8-nearest", "W8 nearest"), ("w8-adaround", "W8 AdaRound"), ("w8-adaround-bc", "W8 AdaRound+BC"),
@@ -92,13 +102,29 @@ def targets(results: dict) -> list[str]:
     return lines
 
 
+def _run_line(run: dict) -> str:
+    env, config = run["environment"], run["config"]
+    seconds = f"{run['seconds'] / 60:.0f} min" if "seconds" in run else "stopped part-way"
+    return (f"`{run['command']}` ({seconds}; ptq {env['ptq']}, onnxruntime {env['onnxruntime']}, numpy "
+            f"{env['numpy']}, {env['cpus']} CPUs; {config['samples']} calibration samples, {config['iters']} "
+            f"AdaRound iterations per layer, OPENBLAS_NUM_THREADS={config.get('openblas_threads')})")
+
+
+def joined(documents: list[dict]) -> dict:
+    """One results document from several runs: their models (a later run's replaces an earlier
+    run's model of the same name) and, under ``runs``, each run's command, configuration and
+    environment."""
+    out: dict = {"runs": [], "models": {}}
+    for doc in documents:
+        out["runs"] += doc.get("runs") or [{k: doc[k] for k in ("command", "config", "environment", "seconds")
+                                            if k in doc}]
+        out["models"].update(doc["models"])
+    return out
+
+
 def markdown(results: dict) -> str:
-    env = results["environment"]
-    head = ["# Weight rounding benchmark", "",
-            f"`{results['command']}` ({results.get('seconds', 0) / 60:.0f} min; ptq {env['ptq']}, onnxruntime "
-            f"{env['onnxruntime']}, numpy {env['numpy']}, {env['cpus']} CPUs; {results['config']['samples']} "
-            f"calibration samples, {results['config']['iters']} AdaRound iterations per layer, "
-            f"OPENBLAS_NUM_THREADS={results['config'].get('openblas_threads')})", "",
+    runs = results.get("runs") or [results]
+    head = ["# Weight rounding benchmark", ""] + [f"- {_run_line(r)}" for r in runs] + ["",
             "## Task metric and output SQNR", "",
             "| model | row | float | " + " | ".join(h for _, h in COLUMNS) + " |",
             "|" + "---|" * (3 + len(COLUMNS))]
@@ -114,3 +140,17 @@ def markdown(results: dict) -> str:
         head += _time_rows(name, m)
     head += ["", "## Targets (issue 13)", ""] + targets(results) + [""]
     return "\n".join(head)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Join rounding benchmark results and write their report.")
+    parser.add_argument("results", nargs="+", type=pathlib.Path, help="results documents (.json) of bench.rounding")
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="stem of the joined .json and .md")
+    args = parser.parse_args(argv)
+    doc = joined([json.loads(p.read_text()) for p in args.results])
+    write_json(args.out.with_suffix(".json"), doc)
+    args.out.with_suffix(".md").write_text(markdown(doc))
+
+
+if __name__ == "__main__":
+    main()
