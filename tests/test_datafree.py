@@ -41,6 +41,13 @@ def test_a_model_without_batchnorm_is_refused(transformer_model):
         datafree.statistics(transformer_model)
 
 
+def test_data_free_refuses_data_it_would_not_read(cnn_model, calib_dir, tmp_path):
+    options = CalibrationOptions(rounding=DATA_FREE, fixed_ranges=(("image", -1.0, 1.0),))
+    with pytest.raises(OptionError, match="^data_free observes synthetic tensors .* give neither data nor observations"):
+        api.calibrate(cnn_model, data=calib_dir, output=tmp_path / "t.json", options=options)
+    assert not (tmp_path / "t.json").exists()
+
+
 def test_inputs_need_a_range_and_a_size(cnn_model, tmp_path):
     with pytest.raises(OptionError, match="give the range of input 'image' with --fixed-range"):
         api.calibrate(cnn_model, output=tmp_path / "t.json", options=CalibrationOptions(rounding=DATA_FREE))

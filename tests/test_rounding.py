@@ -62,6 +62,16 @@ def test_same_inputs_give_byte_identical_table_and_weights(adaround_table, tmp_p
     assert doc["weights"]["codes"] and doc["calibration"]["options"]["rounding"]["weights"] == "adaround"
 
 
+def test_saved_observations_with_data_give_the_same_table(adaround_table, tmp_path, cnn_model, calib_dir):
+    """Observations reused from an earlier run replace the pass; AdaRound still reads --data."""
+    again = api.calibrate(cnn_model, data=calib_dir, observations=adaround_table.observations_path,
+                          output=tmp_path / "t.json", options=CalibrationOptions(rounding=FAST),
+                          data_options=api.DataOptions(limit=64))
+    assert again.rounding is not None and again.seconds_observe == 0.0
+    assert again.table_path.read_bytes() == adaround_table.table_path.read_bytes()
+    assert (tmp_path / "t.weights.npz").read_bytes() == adaround_table.table_path.with_name("t.weights.npz").read_bytes()
+
+
 def test_learned_codes_round_up_or_down_and_beat_nearest_where_kept(adaround_table, cnn_model):
     report = adaround_table.rounding
     prepared = prepare(cnn_model)
