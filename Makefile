@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO := build/demo
 SAMPLES := sample_models
 
-.PHONY: install qemu demo demo-all test bench bench-data bench-fonts bench-smoke bench-latency bench-saturation samples clean
+.PHONY: install qemu demo demo-all test bench bench-data bench-fonts bench-smoke bench-latency bench-saturation bench-rounding samples clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -72,6 +72,11 @@ bench-latency: bench-data
 # The remedies for x86 AVX2 int16 pair saturation, side by side (writes bench/results-saturation.*).
 bench-saturation: bench-data qemu
 	$(BIN)/python -m bench.saturation --qemu cls,magika
+
+# Weight rounding on every model: nearest / AdaRound / + bias correction at W8A8 and W4A8, per-tensor
+# weights with and without equalization, data-free (writes bench/results-rounding.*; hours).
+bench-rounding: bench-data
+	$(BIN)/python -m bench.rounding
 
 bench-smoke: install bench-fonts
 	$(BIN)/python -m bench.fetch

@@ -47,6 +47,10 @@ PathLike = _typing.Union[str, _os.PathLike]
 
 _log = _logging.getLogger("ptq")
 
+if _typing.TYPE_CHECKING:
+    from ptqcli.rounding.equalize import Equalized
+    from ptqcli.rounding.sequential import RoundingReport
+
 #: ``progress(total)`` returns a context manager yielding ``update(n)``.
 ProgressFactory = _typing.Callable[[int], _typing.ContextManager[_typing.Callable[[int], None]]]
 
@@ -79,7 +83,8 @@ class SkippedSample:
 class CalibrateResult:
     """The table written to ``table_path``; the observations at ``observations_path`` (written by
     this call, or the file it was given); seconds spent observing and in all; the samples left
-    out as bad (``on_bad_sample="skip"``), in file order."""
+    out as bad (``on_bad_sample="skip"``), in file order; what the weight rounding (``rounding``)
+    and cross-layer equalization (``equalized``) did, when asked for."""
 
     table: ScaleTable
     table_path: _pathlib.Path
@@ -88,6 +93,8 @@ class CalibrateResult:
     seconds_observe: float
     seconds_total: float
     skipped: tuple[SkippedSample, ...] = ()
+    rounding: RoundingReport | None = None
+    equalized: Equalized | None = None
 
 
 @_dataclasses.dataclass(frozen=True)
@@ -133,6 +140,10 @@ def _calibration_options(options: CalibrationOptions | _typing.Mapping[str, _typ
     if isinstance(values.get("fixed_ranges"), _typing.Mapping):
         values["fixed_ranges"] = tuple((k, float(lo), float(hi))
                                        for k, (lo, hi) in sorted(values["fixed_ranges"].items()))
+    if isinstance(values.get("rounding"), _typing.Mapping):
+        from ptqcli.rounding.options import RoundingOptions
+
+        values["rounding"] = RoundingOptions(**values["rounding"])
     for name in ("int16", "exclude"):
         if isinstance(values.get(name), str):
             values[name] = (values[name],)
@@ -147,7 +158,8 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
               options: CalibrationOptions | _typing.Mapping[str, _typing.Any] = CalibrationOptions(),
               data_options: DataOptions = DataOptions(), subsample: int | None = None,
               on_bad_sample: str = "fail", progress: ProgressFactory = _no_progress,
-              range_progress: ProgressFactory = _no_progress) -> CalibrateResult:
+              range_progress: ProgressFactory = _no_progress,
+              rounding_progress: ProgressFactory = _no_progress) -> CalibrateResult:
     """Observe ``data`` (or load saved ``observations``), choose every range, write the table.
 
     ``output``: the table (default ``default_table_path(model)``); a new pass saves its
@@ -157,7 +169,13 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
     sample and tensor (default ``ptqcli.observe.collect.SUBSAMPLE``).  ``on_bad_sample``:
     ``fail`` stops at a sample that cannot be read or fails its checks; ``skip`` leaves it out
     (logged on ``ptq``, listed in ``CalibrateResult.skipped``): the table is the one the folder
-    without it gives."""
+    without it gives.
+
+    ``options.rounding`` (``ptqcli.rounding``): ``equalize`` rescales the weights before anything
+    is observed; ``data_free`` observes synthetic tensors drawn from the BatchNorm statistics
+    instead of ``data``; ``weights="adaround"`` and ``bias_correction`` then learn codes and
+    shift biases on ``data`` (``rounding_progress`` counts weights).  Learned codes and
+    equalized values go to a sidecar beside the table (``ptqcli.quantize.stored``)."""
     from ptqcli.errors import DataError
     from ptqcli.graph import prepare, subgraph_note
     from ptqcli.observe import collect
@@ -167,6 +185,9 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
     from ptqcli.quantize import autosearch, scale_table
     from ptqcli.quantize.decide import build_table, decide
     from ptqcli.quantize.scale_groups import observation_plan
+    from ptqcli.quantize.stored import sidecar_path
+    from ptqcli.rounding import datafree, equalize, sequential
+    from ptqcli.targets import Target
 
     start = _time.perf_counter()
     options = _calibration_options(options)
@@ -174,29 +195,42 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
     if on_bad_sample not in _ON_BAD_SAMPLE:
         raise _OptionError(_Option("on_bad_sample", str(on_bad_sample)), f": known: {', '.join(_ON_BAD_SAMPLE)}")
     auto = options.method == "auto"
-    if data is None and observations is None:
+    rounding = options.rounding
+    if rounding.data_free and (data is not None or observations is not None):
+        raise _OptionError(_Option("data_free"), " observes synthetic tensors from the BatchNorm statistics: give "
+                          "neither ", _Option("data"), " nor ", _Option("observations"))
+    if data is None and observations is None and not rounding.data_free:
         raise _OptionError("give ", _Option("data"), " (a folder of samples) or ", _Option("observations"),
-                          " (the file an earlier run saved)")
-    if data is not None and observations is not None and not auto:
+                          " (the file an earlier run saved), or ", _Option("data_free"))
+    if data is not None and observations is not None and not (auto or rounding.needs_model_runs):
         raise _OptionError(_Option("data"), " and ", _Option("observations"), " were both given: the observations "
                           "replace the pass over the samples; only ", _Option("method", "auto"),
-                          " also reads samples (to score its candidates)")
+                          " (to score its candidates), ", _Option("weights", "adaround"), " and ",
+                          _Option("bias_correction"), " also read samples")
+    if rounding.needs_model_runs and data is None:
+        raise _OptionError(_Option("weights", rounding.weights) if rounding.weights == "adaround" else
+                          _Option("bias_correction"), " learns from calibration samples: give ", _Option("data"),
+                          " too")
     if auto and data is None:
         raise _OptionError(_Option("method", "auto"), " scores candidate tables on calibration samples: give ",
                           _Option("data"), " too")
     table_path = _pathlib.Path(output) if output is not None else default_table_path(model)
     obs_path = observations_path_for(table_path) if observations is None else _pathlib.Path(observations)
     samples = list_samples(data, limit=data_options.limit) if data is not None else []
-    outputs = [("output", table_path)] + ([("output", obs_path)] if observations is None else [])
+    outputs = [("output", table_path), ("output", sidecar_path(table_path))] + \
+        ([("output", obs_path)] if observations is None else [])
     inputs = [("model", model)] + ([("observations file", observations)] if observations is not None else []) + \
         [("data sample", f) for f in samples]
     with _files.claimed(outputs, inputs):
-        prepared = prepare(model)
+        prepared = user = prepare(model)
         decisions = decide(prepared, options)  # option errors surface before the model runs
         nested = subgraph_note(prepared.model)
         if nested:
             _log.warning(f"{_pathlib.Path(model).name}: {nested}; they stay float")
         image_note(samples, prepared.inputs, data_options.image)
+        equalized = synthetic = None
+        if rounding.equalize:  # every later step sees the equalized model
+            prepared, equalized = equalize.equalized_model(prepared)
         seconds_observe = 0.0
         skipped: list[SkippedSample] = []
 
@@ -204,8 +238,20 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
             skipped.append(SkippedSample(path, str(exc).removeprefix(f"{path}: ")))
             _log.warning(f"skipped bad sample {exc}")
 
-        if observations is not None:
-            if auto and on_bad_sample == "skip":  # no pass has sorted out the bad samples
+        if rounding.data_free:
+            stats = datafree.statistics(model)
+            if equalized is not None:
+                stats = datafree.rescaled(stats, equalized.scales)
+            synthetic = datafree.synthetic_model(prepared, stats, options.fixed_ranges, data_options.image.size,
+                                                 rounding.seed)
+            tensors, derived = observation_plan(prepared.index, decisions.structure)
+            t0 = _time.perf_counter()
+            obs = derive(prepared, collect.observe(synthetic.prepared, tensors, synthetic.batches(),
+                                                   subsample=collect.SUBSAMPLE if subsample is None else subsample),
+                         derived)
+            seconds_observe = _time.perf_counter() - t0
+        elif observations is not None:
+            if (auto or rounding.needs_model_runs) and on_bad_sample == "skip":  # no pass sorted them out
                 for path in samples:
                     try:
                         read_sample(path, prepared.inputs, data_options.image)
@@ -237,9 +283,9 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
             if observations is None:
                 obs_io.save(obs, obs_path)  # now: a search interrupted later can resume from it
             groups = len(decisions.scales.sources)
+            bad = {s.file for s in skipped}
+            good = [f for f in samples if f not in bad]
             if auto:
-                bad = {s.file for s in skipped}
-                good = [f for f in samples if f not in bad]
                 feeds = autosearch.search_feeds(good, prepared.inputs, batch_size=data_options.batch_size,
                                                 image=data_options.image)
                 with range_progress(autosearch.steps(groups, feeds)) as update:
@@ -247,6 +293,20 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
             else:
                 with range_progress(groups) as update:
                     table = build_table(prepared, obs, options, progress=update)
+            if equalized is not None:
+                table = equalize.restore(table, user, equalized)
+            if synthetic is not None and rounding.bias_correction:
+                table, _ = datafree.correct_biases(prepared, table, synthetic)
+            report = None
+            if rounding.needs_model_runs:
+                feeds = sequential.feeds(good, prepared.inputs, rounding, batch_size=data_options.batch_size,
+                                         image=data_options.image)
+                weights = sum(prepared.index.array(g.weight).size for g in table.groups.values() if g.weight)
+                with rounding_progress(weights) as update:
+                    table, report = sequential.round_weights(
+                        prepared, table, feeds, rounding, qmax=options.weight_qmax,
+                        pair_bound=Target(options.cpu).pairs_saturate and options.weight_bits == 8,
+                        progress=update)
             scale_table.write(table, table_path)
         except KeyboardInterrupt as exc:
             # the file is ours and complete once the rename has replaced whatever was there
@@ -254,7 +314,7 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
                 raise _Interrupted(getattr(exc, "signum", _signal.SIGINT), str(obs_path)) from None
             raise
     return CalibrateResult(table, table_path, obs_path, len(obs.histograms), seconds_observe,
-                           _time.perf_counter() - start, tuple(skipped))
+                           _time.perf_counter() - start, tuple(skipped), report, equalized)
 
 
 def export(model: PathLike, table: PathLike, output: PathLike) -> _pathlib.Path:

@@ -18,3 +18,7 @@ SIM_CPUS = CPUS + ("native",)
 #: What calibration does with a sample that fails its checks (unreadable, wrong shape or dtype,
 #: non-finite values): stop with an error naming it, or leave it out and name it.
 ON_BAD_SAMPLE = ("fail", "skip")
+
+#: How weight codes are chosen (``ptqcli.rounding``): rounded to nearest, or learned per weight
+#: on calibration data (AdaRound, Nagel et al. 2020).
+WEIGHTS = ("nearest", "adaround")

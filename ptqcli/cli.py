@@ -27,8 +27,9 @@ import click
 
 import calibrators
 from ptqcli import __version__
-from ptqcli.choices import ON_BAD_SAMPLE, REQUANT, SIM_CPUS
+from ptqcli.choices import ON_BAD_SAMPLE, REQUANT, SIM_CPUS, WEIGHTS
 from ptqcli.errors import Interrupted, OptionError, PtqError
+from ptqcli.rounding.options import RoundingOptions
 from ptqcli.targets import Target
 
 if TYPE_CHECKING:
@@ -295,26 +296,49 @@ def main() -> None:
 @click.option("--on-bad-sample", type=click.Choice(ON_BAD_SAMPLE), default="fail", show_default=True,
               help="A sample that cannot be read or fails its checks (shape, dtype, finite values): stop with an "
                    "error naming it, or skip it (named on stderr, counted in the summary).")
+@click.option("--weights", "weight_rounding", type=click.Choice(WEIGHTS), default="nearest", show_default=True,
+              help="Weight rounding: to nearest, or learned per weight on --data (AdaRound, layer by layer).")
+@click.option("--bias-correction", is_flag=True,
+              help="Shift each bias by its layer's mean output error on --data (empirical bias correction).")
+@click.option("--weight-bits", type=click.Choice(["8", "4"]), default="8", show_default=True,
+              help="Weight precision: 4 keeps codes in -7..7 (stored in int8).")
+@click.option("--equalize", is_flag=True,
+              help="Cross-layer equalization: rescale consecutive layers so that their per-channel weight "
+                   "ranges match (for --per-tensor-weights); the float model computes the same.")
+@click.option("--data-free", is_flag=True,
+              help="No calibration data: activation ranges (and, with --bias-correction, the expected layer "
+                   "errors) from the BatchNorm statistics; each model input needs --fixed-range NAME=LO:HI, "
+                   "and --size HxW where its spatial size is not fixed.")
+@click.option("--adaround-iters", type=click.IntRange(min=1), default=RoundingOptions.adaround_iters,
+              show_default=True, help="AdaRound: Adam steps per layer.")
+@click.option("--adaround-samples", type=click.IntRange(min=16), default=RoundingOptions.adaround_samples,
+              show_default=True, help="AdaRound: input rows (patches) per layer, spread over the samples.")
 @_data_options
 @_reported
 def calibrate(model, data, output, observations, method, method_for, percentile, symmetric, per_tensor_weights,
-              int16, all_int8, exclude, fixed_range, cpu, on_bad_sample, batch_size, limit, size, mean, std, layout,
-              bgr, quiet, as_json) -> None:
+              int16, all_int8, exclude, fixed_range, cpu, on_bad_sample, weight_rounding, bias_correction,
+              weight_bits, equalize, data_free, adaround_iters, adaround_samples, batch_size, limit, size, mean, std,
+              layout, bgr, quiet, as_json) -> None:
     """Observe MODEL on --data once and write its scale table."""
     from ptqcli import api
     from ptqcli.analysis.report import skipped_json
 
+    rounding = RoundingOptions(weights=weight_rounding, bias_correction=bias_correction, equalize=equalize,
+                               data_free=data_free, adaround_iters=adaround_iters, adaround_samples=adaround_samples)
     options = api.CalibrationOptions(
         method=method, method_for=tuple(method_for), percentile=percentile, symmetric=symmetric,
         per_channel=not per_tensor_weights, int16=tuple(int16), sensitive_int16=not all_int8,
         exclude=tuple(exclude),
-        fixed_ranges=tuple((n, lo, hi) for n, (lo, hi) in fixed_range), cpu=cpu)
+        fixed_ranges=tuple((n, lo, hi) for n, (lo, hi) in fixed_range), cpu=cpu, weight_bits=int(weight_bits),
+        rounding=rounding)
     silent = quiet or as_json
     ranges = _progress("searching (auto)", silent, unit="steps") if method == "auto" else \
         _progress("choosing ranges", silent, unit="scale groups")
     result = api.calibrate(model, data=data, output=output, observations=observations, options=options,
                            data_options=_data(batch_size, limit, size, mean, std, layout, bgr),
-                           on_bad_sample=on_bad_sample, progress=_progress("observing", silent), range_progress=ranges)
+                           on_bad_sample=on_bad_sample, progress=_progress("observing", silent),
+                           range_progress=ranges,
+                           rounding_progress=_progress("rounding weights", silent, unit="weights"))
     table = result.table
     roles: dict[str, int] = {}
     for entry in table.tensors.values():
@@ -327,13 +351,43 @@ def calibrate(model, data, output, observations, method, method_for, percentile,
                     "samples": table.samples, "method": method, "tensors": roles, "nodes": precisions,
                     "groups": len(table.groups), "observed_tensors": result.observed_tensors,
                     "skipped_samples": skipped_json(result.skipped),
-                    "seconds": {"observe": round(result.seconds_observe, 3), "total": round(result.seconds_total, 3)}})
+                    "seconds": {"observe": round(result.seconds_observe, 3), "total": round(result.seconds_total, 3)},
+                    **({"rounding": _rounding_json(result.rounding)} if result.rounding else {}),
+                    **({"equalized": {"pairs": len(result.equalized.pairs), "rounds": result.equalized.rounds,
+                                      "skipped": len(result.equalized.skipped)}} if result.equalized else {})})
     elif not quiet:
         parts = ", ".join(f"{n} {r}{'es' if r.endswith('s') else 's'}" for r, n in sorted(roles.items()))
         nodes = ", ".join(f"{n} {p}" for p, n in sorted(precisions.items()))
         bad = f"; {len(result.skipped)} bad samples skipped" if result.skipped else ""
         click.echo(f"wrote {result.table_path} ({method}; {table.samples} samples{bad}; {parts}; nodes: {nodes})",
                    err=True)
+        if result.equalized is not None:
+            e = result.equalized
+            click.echo(f"equalized {len(e.pairs)} layer pairs in {e.rounds} rounds"
+                       + (f"; {len(e.skipped)} left alone ({e.skipped[0][1]})" if e.skipped else ""), err=True)
+        if result.rounding:
+            r = result.rounding
+            learned = sum(x.learned for x in r.layers)
+            corrected = sum(x.bias_shift is not None for x in r.layers)
+            click.echo(f"rounding: {len(r.layers)} layers on {r.samples} samples in {r.passes} passes, "
+                       f"{r.seconds:.1f} s; learned codes kept on {learned}, biases corrected on {corrected}"
+                       + (f"; {len(r.skipped)} left at nearest ({r.skipped[0][1]}, ...)" if r.skipped else ""),
+                       err=True)
+
+
+def _rounding_json(r) -> dict:
+    from ptqcli.analysis.metrics import finite_or_none
+
+    def num(x):
+        return None if x is None else finite_or_none(x)
+
+    return {"passes": r.passes, "samples": r.samples, "seconds": round(r.seconds, 3),
+            "skipped": [{"layer": a, "reason": why} for a, why in r.skipped],
+            "layers": [{"layer": x.anchor, "op_type": x.op_type, "weights": x.weights, "rows": x.rows,
+                        "iterations": x.iterations, "loss_nearest": num(x.loss_nearest),
+                        "loss_learned": num(x.loss_learned), "learned": x.learned,
+                        "repaired": x.repaired, "bias_shift": num(x.bias_shift),
+                        "seconds": round(x.seconds, 3)} for x in r.layers]}
 
 
 @main.command(short_help="Write the QDQ ONNX model a scale table describes.")

@@ -24,8 +24,9 @@ from ptqcli import runtime
 from ptqcli.analysis.metrics import Agreement
 from ptqcli.export.qdq import float_copy
 from ptqcli.graph import Prepared
-from ptqcli.quantize.qparams import NUMPY
+from ptqcli.quantize.qparams import NUMPY, dequantize
 from ptqcli.quantize.scale_table import ScaleTable
+from ptqcli.quantize.stored import codes, overlay
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,10 @@ class Switchable:
 
 def switchable_model(prepared: Prepared, table: ScaleTable) -> Switchable:
     """The prepared model with a switched fake-quant point on every tensor of ``table``, at the
-    opset the export would use (int16 QuantizeLinear needs opset 21)."""
-    model = float_copy(prepared, table)
+    opset the export would use (int16 QuantizeLinear needs opset 21).  A weight switches to its
+    dequantized codes as the export writes them (``ptqcli.quantize.stored.codes``: learned ones
+    included); the float side is the model the table describes (equalized values in place)."""
+    model = float_copy(overlay(prepared, table), table)
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     switch: dict[str, str] = {}
@@ -48,6 +51,14 @@ def switchable_model(prepared: Prepared, table: ScaleTable) -> Switchable:
     def point(source: str, target: str, name: str) -> list[onnx.NodeProto]:
         entry = table.tensors[name]
         p = entry.params
+        if name in inits:  # a weight: its codes, computed once
+            key = f"ptq::sw{len(switch)}"
+            value = numpy_helper.to_array(inits[name])
+            q = dequantize(codes(table, name, value), p).reshape(value.shape)
+            graph.initializer.append(numpy_helper.from_array(q.astype(np.float32), key + "::dq"))
+            graph.input.append(helper.make_tensor_value_info(key, TensorProto.BOOL, []))
+            switch[name] = key
+            return [helper.make_node("Where", [key, key + "::dq", source], [target])]
         scale = np.asarray(p.scale, np.float32)
         zero = np.asarray(p.zero_point, NUMPY[p.dtype])
         if p.axis is None:

@@ -26,7 +26,8 @@ from ptqcli import __version__
 from ptqcli.errors import ModelError, TableError
 from ptqcli.files import staged, write_atomic
 from ptqcli.graph import Prepared, opset
-from ptqcli.quantize.qparams import NUMPY, QuantParams, quantize, quantize_bias
+from ptqcli.quantize.qparams import NUMPY, QuantParams
+from ptqcli.quantize.stored import codes, overlay
 from ptqcli.quantize.scale_table import ScaleTable
 
 INT16_OPSET = 21
@@ -111,7 +112,7 @@ def insert_qdq(model: onnx.ModelProto, table: ScaleTable, activation_qparams: QP
         if entry.role == "activation" or name not in inits:
             continue
         value = numpy_helper.to_array(inits[name])
-        q = quantize_bias(value, entry.params) if entry.role == "bias" else quantize(value, entry.params)
+        q = codes(table, name, value)
         q_name = names.fresh(f"{name}_quantized")
         graph.initializer.remove(inits[name])
         graph.initializer.append(numpy_helper.from_array(q, q_name))
@@ -174,10 +175,11 @@ EXTERNAL_MIN_BYTES = 1024
 
 
 def export(prepared: Prepared, table: ScaleTable) -> onnx.ModelProto:
-    """The QDQ model for ``prepared`` quantized with ``table`` (checked by ``check_table``).
+    """The QDQ model for ``prepared`` quantized with ``table`` (checked by ``check_table``), its
+    weights the table's stored codes and values where it has them (``ptqcli.quantize.stored``).
 
     A model too large to serialize is checked from its files by ``save`` instead."""
-    model = insert_qdq(float_copy(prepared, table), table)
+    model = insert_qdq(float_copy(overlay(prepared, table), table), table)
     model.producer_name, model.producer_version = "ptq", __version__
     if model.ByteSize() > PROTOBUF_LIMIT:
         return model

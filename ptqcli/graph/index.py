@@ -81,6 +81,18 @@ def attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+def activation_bounds(index: GraphIndex, node: onnx.NodeProto) -> tuple[float, float] | None:
+    """``(lo, hi)`` that a Relu (``(0, inf)``) or a Clip with constant bounds clamps to; None for
+    any other operator."""
+    if node.op_type == "Relu":
+        return 0.0, np.inf
+    if node.op_type != "Clip":
+        return None
+    a = index.const(node.input[1]) if len(node.input) > 1 and node.input[1] else attr(node, "min")
+    b = index.const(node.input[2]) if len(node.input) > 2 and node.input[2] else attr(node, "max")
+    return (-np.inf if a is None else float(a)), (np.inf if b is None else float(b))
+
+
 def text_attr(node: onnx.NodeProto, name: str, default: str) -> str:
     """A string attribute (ONNX stores bytes) as text, or ``default``."""
     value = attr(node, name)

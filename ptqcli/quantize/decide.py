@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -16,6 +16,7 @@ from ptqcli.quantize.plan import Group, Structure, analyse
 from ptqcli.quantize.qparams import QuantParams, activation_params, bias_floor, bias_params, weight_params
 from ptqcli.quantize.scale_groups import ScaleGroups, integer_groups, scale_groups
 from ptqcli.quantize.scale_table import GroupEntry, NodeEntry, ScaleTable, TensorEntry
+from ptqcli.rounding.options import RoundingOptions
 from ptqcli.targets import Target, pair_safe_scales, reduction_rows
 
 #: Operators whose integer form needs more than 8 bits on both sides: Softmax exponentiates its
@@ -36,7 +37,9 @@ class CalibrationOptions:
     too; ``exclude``: node names or op types left in float; ``fixed_ranges``:
     (tensor, lo, hi) ranges given by the user; ``cpu``: the deployment target
     (:class:`ptqcli.targets.Target`): ``any`` and ``x86-avx2`` keep every pair of weight codes
-    within what x86 AVX2 kernels can add in int16."""
+    within what x86 AVX2 kernels can add in int16; ``weight_bits``: 8, or 4 (codes -7..7 in int8
+    containers, which never reach the int16 pair bound); ``rounding``: AdaRound, bias correction,
+    equalization, data-free (:class:`ptqcli.rounding.options.RoundingOptions`)."""
 
     method: str = "mse"
     method_for: tuple[tuple[str, str], ...] = ()
@@ -48,8 +51,19 @@ class CalibrationOptions:
     exclude: tuple[str, ...] = ()
     fixed_ranges: tuple[tuple[str, float, float], ...] = ()
     cpu: str = Target.ANY.value
+    weight_bits: int = 8
+    # flat in ptq run's [calibrate] table (weights = "adaround"), as its flags are on the command line
+    rounding: RoundingOptions = field(default=RoundingOptions(), metadata={"flatten": True})
+
+    @property
+    def weight_qmax(self) -> int:
+        """The largest weight code: 127, or 7 for 4-bit weights."""
+        return 2 ** (self.weight_bits - 1) - 1
 
     def validate(self) -> None:
+        self.rounding.validate()
+        if self.weight_bits not in (4, 8):
+            raise OptionError(Option("weight_bits"), f" must be 8 or 4, got {self.weight_bits!r}")
         if self.method not in calibrators.METHODS and self.method != "auto":
             raise OptionError(Option("method", self.method), f": unknown range method; known: "
                               f"{', '.join(calibrators.METHODS)}, auto")
@@ -213,9 +227,9 @@ def _weights(prepared: Prepared, g: Group, tensors: dict[str, TensorEntry], opti
         floor = 0.0
         if g.bias is not None:
             floor = bias_floor(index.array(g.bias), tensors[g.inputs[0]].params, axis is not None)
-        wp = weight_params(w, axis, min_scale=floor)
+        wp = weight_params(w, axis, min_scale=floor, bits=options.weight_bits)
         method = "max"
-        if Target(options.cpu).pairs_saturate:
+        if Target(options.cpu).pairs_saturate and options.weight_bits == 8:
             wp, raised = _pair_safe(index.node_by_name[g.anchor], w, wp)
             method = "max-pairs" if raised else method
         amax = float(np.abs(w).max()) if w.size else 0.0

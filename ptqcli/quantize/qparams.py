@@ -76,8 +76,9 @@ def activation_params(r: Range, dtype: str) -> QuantParams:
 BIAS_CODE_LIMIT = 2 ** 30
 
 
-def weight_params(w: np.ndarray, axis: int | None, *, min_scale: np.ndarray | float = 0.0) -> QuantParams:
-    """int8 symmetric per-channel (``axis``) or per-tensor (``axis=None``) parameters of ``w``.
+def weight_params(w: np.ndarray, axis: int | None, *, min_scale: np.ndarray | float = 0.0, bits: int = 8) -> QuantParams:
+    """int8 symmetric per-channel (``axis``) or per-tensor (``axis=None``) parameters of ``w``;
+    with ``bits=4``, ``scale = amax / 7`` so that the codes are -7..7, held in int8.
 
     A channel whose weights are all zero gets the median scale of the others; no scale falls below
     ``min_scale`` (per channel), which ``bias_floor`` sets so that the int32 bias stays
@@ -87,7 +88,7 @@ def weight_params(w: np.ndarray, axis: int | None, *, min_scale: np.ndarray | fl
         amax = np.array([np.abs(w).max()]) if w.size else np.zeros(1)
     else:
         amax = np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
-    scale = (amax / 127.0).astype(np.float32)
+    scale = (amax / float(2 ** (bits - 1) - 1)).astype(np.float32)
     nonzero = scale[scale > 0]
     scale[scale == 0] = np.median(nonzero) if nonzero.size else 1.0
     scale = np.maximum(scale, np.asarray(min_scale, dtype=np.float32))

@@ -17,8 +17,10 @@ from typing import Any
 
 from ptqcli import __version__
 from ptqcli.errors import TableError
-from ptqcli.files import write_text_atomic
+from ptqcli.files import staged, write_text_atomic
+from ptqcli.quantize import stored as stored_io
 from ptqcli.quantize.qparams import LIMITS, QuantParams
+from ptqcli.quantize.stored import Stored
 
 SCHEMA_VERSION = 1
 FORMAT = "ptq-scale-table"
@@ -72,6 +74,8 @@ class ScaleTable:
     nodes: dict[str, NodeEntry]
     groups: dict[str, GroupEntry]
     tool_version: str = field(default=__version__)
+    #: Learned codes and equalized values (``ptqcli.quantize.stored``), written to a sidecar file.
+    stored: Stored | None = None
 
     def params(self, tensor: str) -> QuantParams | None:
         entry = self.tensors.get(tensor)
@@ -112,8 +116,9 @@ def _group_json(g: GroupEntry) -> dict[str, Any]:
     return out
 
 
-def to_json(table: ScaleTable) -> str:
-    """Deterministic text: sorted keys, one tensor/node/group per line."""
+def to_json(table: ScaleTable, sidecar: str | None = None) -> str:
+    """Deterministic text: sorted keys, one tensor/node/group per line.  ``sidecar``: the file
+    name the table's stored tensors are written to (required when it has any)."""
     def dump(value: Any) -> str:
         return json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False)
 
@@ -129,6 +134,11 @@ def to_json(table: ScaleTable) -> str:
         "model": {"fingerprint": table.fingerprint, "file": table.model_file, "opset": table.opset},
         "calibration": {"samples": table.samples, "options": table.options},
     }
+    if table.stored:
+        if sidecar is None:
+            raise TableError("a table with stored codes or values needs the name of its weights file")
+        head["weights"] = {"file": sidecar, "sha256": table.stored.digest(),
+                           "codes": sorted(table.stored.codes), "values": sorted(table.stored.values)}
     parts = ["{"]
     parts += [f" {dump(k)}: {dump(v)}," for k, v in sorted(head.items())]
     parts.append(section("groups", {k: _group_json(v) for k, v in table.groups.items()}))
@@ -140,8 +150,18 @@ def to_json(table: ScaleTable) -> str:
 
 
 def write(table: ScaleTable, path: str | os.PathLike) -> None:
-    """Write ``table`` to ``path`` atomically (see ``ptqcli.files``)."""
-    write_text_atomic(path, to_json(table))
+    """Write ``table`` to ``path``, and its stored tensors, if any, to the sidecar beside it
+    (``ptqcli.quantize.stored``): both whole or neither (``ptqcli.files.staged``), the sidecar
+    renamed into place first so that a table never names a sidecar that is not there."""
+    path = pathlib.Path(path)
+    if not table.stored:
+        write_text_atomic(path, to_json(table, None))
+        return
+    side = stored_io.sidecar_path(path)
+    with staged(side, path) as (tmp_side, tmp):
+        with open(tmp_side, "wb") as f:
+            stored_io.write_npz(table.stored, f)
+        tmp.write_bytes(to_json(table, side.name).encode("utf-8"))
 
 
 def schema() -> dict[str, Any]:
@@ -189,6 +209,13 @@ def load(path: str | os.PathLike) -> ScaleTable:
     groups = {k: GroupEntry(v["kind"], tuple(v["nodes"]), tuple(v["inputs"]), tuple(v["outputs"]),
                             v["precision"], v.get("weight"), v.get("bias"), tuple(v.get("consts", ())))
               for k, v in doc["groups"].items()}
+    stored = None
+    if "weights" in doc:
+        side = doc["weights"]
+        stored = stored_io.load(path.parent / side["file"], side["sha256"], path,
+                                {n: e.params.dtype for n, e in tensors.items()})
+        if sorted(stored.codes) != side["codes"] or sorted(stored.values) != side["values"]:
+            raise TableError(f"{path}: its weights file holds other tensors than the table lists")
     model = doc["model"]
     return ScaleTable(model["fingerprint"], model["file"], model["opset"], doc["calibration"]["samples"],
-                      doc["calibration"]["options"], tensors, nodes, groups, doc["tool"]["version"])
+                      doc["calibration"]["options"], tensors, nodes, groups, doc["tool"]["version"], stored)

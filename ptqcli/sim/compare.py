@@ -27,6 +27,7 @@ from ptqcli.graph import Prepared
 from ptqcli.observe.dataset import ImageSpec, batches
 from ptqcli.quantize.qparams import quantize
 from ptqcli.quantize.scale_table import ScaleTable
+from ptqcli.quantize.stored import overlay
 from ptqcli.sim.base import Log, Overflow
 from ptqcli.sim.pairs import Saturation
 from ptqcli.sim.program import CODES, Fallback, Program, build
@@ -204,7 +205,10 @@ def compare(prepared: Prepared, table: ScaleTable, files: Sequence[pathlib.Path]
             requant: str = "fixed", cpu: str = "exact",
             progress: Callable[[int], None] | None = None) -> Comparison:
     """Run float, QDQ (ONNX Runtime) and the simulator (with the ``requant`` and ``cpu``
-    arithmetic) over ``files`` and compare them."""
+    arithmetic) over ``files`` and compare them.  The float reference is the model the table
+    describes (equalized weights in place, ``ptqcli.quantize.stored.overlay``): the same outputs
+    as the user's model, and the intermediate tensors the table's ranges were observed on."""
+    prepared = overlay(prepared, table)
     index = prepared.index
     order = {n.name: i for i, n in enumerate(index.nodes)}
     acts = sorted((n for n, e in table.tensors.items() if e.role == "activation"),

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ptqcli.graph import attr, text_attr
-from ptqcli.quantize.qparams import QuantParams, quantize, quantize_bias
+from ptqcli.graph import activation_bounds, attr, text_attr
+from ptqcli.quantize.qparams import QuantParams
+from ptqcli.quantize.stored import codes
 from ptqcli.quantize.scale_table import GroupEntry
 from ptqcli.sim import window
 from ptqcli.sim.base import Context, Log, NoKernel, Overflow, Requant, clamp_bounds, scalar
@@ -31,7 +32,7 @@ from ptqcli.sim.pairs import ConvPairs, MatMulPairs, conv_pairs, matmul_pairs
 def _weight_codes(ctx: Context, name: str) -> tuple[np.ndarray, QuantParams]:
     """Centered weight codes ``q_w - zp_w`` (int64, the initializer's shape) and parameters."""
     p = ctx.params(name)
-    q = quantize(ctx.const(name), p).astype(np.int64)
+    q = codes(ctx.table, name, ctx.const(name)).astype(np.int64)
     _, zero = p.arrays(q.ndim)
     return q - zero, p
 
@@ -46,7 +47,7 @@ def _bias_codes(ctx: Context, group: GroupEntry, acc_scale: np.ndarray) -> np.nd
     if group.bias is None:
         return None
     p = ctx.params(group.bias)
-    b = quantize_bias(ctx.const(group.bias), p).astype(np.int64)
+    b = codes(ctx.table, group.bias, ctx.const(group.bias)).astype(np.int64)
     s_b = np.broadcast_to(np.asarray(p.scale, dtype=np.float64), b.shape)
     if np.allclose(s_b, acc_scale, rtol=1e-6, atol=0):
         return b
@@ -93,15 +94,10 @@ def _float_clamp(ctx: Context, names: tuple[str, ...]) -> tuple[float, float]:
     lo, hi = -np.inf, np.inf
     for name in names:
         node = ctx.node(name)
-        if node.op_type == "Relu":
-            lo = max(lo, 0.0)
-        elif node.op_type == "Clip":
-            a = ctx.const(node.input[1]) if len(node.input) > 1 and node.input[1] else attr(node, "min")
-            b = ctx.const(node.input[2]) if len(node.input) > 2 and node.input[2] else attr(node, "max")
-            lo = max(lo, float(a)) if a is not None else lo
-            hi = min(hi, float(b)) if b is not None else hi
-        else:
+        bounds = activation_bounds(ctx.index, node)
+        if bounds is None:
             raise NoKernel(f"node {name!r}: {node.op_type} cannot be fused into a matrix product")
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
     return lo, hi
 
 

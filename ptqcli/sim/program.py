@@ -21,6 +21,7 @@ from ptqcli.export.qdq import check_params
 from ptqcli.graph import InputSpec, Prepared, attr, opset
 from ptqcli.quantize.qparams import QuantParams, dequantize, quantize
 from ptqcli.quantize.scale_table import GroupEntry, ScaleTable
+from ptqcli.quantize.stored import codes, overlay
 from ptqcli.sim import elementwise, floatops, registry
 from ptqcli.sim.base import Context, Log, NoKernel, scalar
 from ptqcli.sim.fixed import REQUANT, multiplier, saturate, span
@@ -196,6 +197,7 @@ def build(prepared: Prepared, table: ScaleTable, *, keep: Iterable[str] = (), re
     if cpu not in CPUS:
         raise OptionError(Option("cpu", cpu), f": expected one of {', '.join(CPUS)}")
     check(prepared, table)
+    prepared = overlay(prepared, table)
     index = prepared.index
     ctx = Context(index, table, opset(prepared.model), tuple(prepared.model.opset_import), prepared.model.ir_version,
                   requant, cpu)
@@ -245,7 +247,7 @@ def build(prepared: Prepared, table: ScaleTable, *, keep: Iterable[str] = (), re
         for name, mode in step.reads:
             if name in index.initializers:
                 if mode == CODES:
-                    const_codes[name] = quantize(index.array(name), ctx.params(name))
+                    const_codes[name] = codes(table, name, index.array(name))
                 else:
                     constants[name] = index.array(name)
     return Program(tuple(steps), prepared.inputs, index.output_names, params, constants, const_codes,

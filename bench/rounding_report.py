@@ -1,0 +1,156 @@
+"""bench/results-rounding.md from the results document: the metric table, the time table and the
+targets of issue 13, line by line.
+
+    python -m bench.rounding_report A.json B.json --out bench/results-rounding
+
+joins the documents of runs made apart (say, the small models and one large model run side by side)
+into one: models in the order given, each run's command and configuration kept."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+from bench.common import write_json
+from bench.report import _num  # the number format of bench/results.md
+
+COLUMNS = (("w8-nearest", "W8 nearest"), ("w8-adaround", "W8 AdaRound"), ("w8-adaround-bc", "W8 AdaRound+BC"),
+           ("w4-nearest", "W4 nearest"), ("w4-adaround", "W4 AdaRound"), ("w4-adaround-bc", "W4 AdaRound+BC"),
+           ("pt-nearest", "per-tensor W8"), ("pt-cle", "per-tensor +CLE"), ("pt-cle-bc", "per-tensor +CLE+BC"),
+           ("max", "max (calibrated)"), ("df-mse", "data-free mse"), ("df-max", "data-free max"),
+           ("df-cle-bc", "data-free +CLE+BC"))
+TIMED = ("w8-adaround", "w8-adaround-bc", "w4-adaround", "w4-adaround-bc", "pt-cle-bc")
+BUDGET_SECONDS = 15 * 60
+
+
+def _cell(v: dict | None, key: str, digits: int) -> str:
+    if v is None:
+        return "–"
+    if v.get("status", "ok") != "ok":
+        return v["status"]
+    return _num(v.get(key), digits)
+
+
+def _metric_rows(name: str, m: dict) -> list[str]:
+    v = m["variants"]
+    rows = [f"| {name} | {m['metric']} | {_num(m['float'])} | "
+            + " | ".join(_cell(v.get(c), "metric", 3) for c, _ in COLUMNS) + " |",
+            f"| {name} | SQNR dB | – | " + " | ".join(_cell(v.get(c), "sqnr_db", 1) for c, _ in COLUMNS) + " |"]
+    return rows
+
+
+def _time_rows(name: str, m: dict) -> list[str]:
+    rows = []
+    base = m.get("float_seconds")
+    for c in TIMED:
+        v = m["variants"].get(c)
+        if not v or v.get("status") != "ok":
+            continue
+        wall = v["wall_seconds"]
+        learned = f"{v['learned']}/{v['layers']}" if v.get("iterations") else "–"
+        ratio = f"{wall / base:.0f}×" if base else "–"
+        rows.append(f"| {name} | {c} | {_num(base, 2)} | {wall:.0f} | {_num(v.get('rounding_seconds'), 0)} | "
+                    f"{_num(v.get('adaround_seconds'), 0)} | {v.get('iterations', '–')} | {v.get('passes', '–')} | "
+                    f"{v.get('rows_samples', '–')} | {learned} | {ratio} |")
+    return rows
+
+
+def _points(x: float | None) -> float | None:
+    return None if x is None else 100.0 * x
+
+
+def targets(results: dict) -> list[str]:
+    """The issue's targets, checked per model."""
+    lines = []
+    for name, m in results["models"].items():
+        v, fl = m["variants"], m["float"]
+
+        def metric(c):
+            e = v.get(c) or {}
+            return e.get("metric") if e.get("status", "ok") == "ok" else None
+
+        n4, a4, b4 = metric("w4-nearest"), metric("w4-adaround"), metric("w4-adaround-bc")
+        if None not in (fl, n4, a4):
+            gap = fl - n4
+            rec = (a4 - n4) / gap if gap > 0 else None
+            rec_bc = (b4 - n4) / gap if gap > 0 and b4 is not None else None
+            worse = "" if a4 >= n4 else "; AdaRound below nearest: NOT met"
+            verdict = ("gap below 1 pt: recovery not judged" if gap < 0.01 else
+                       ("90 % recovered: met" if rec >= 0.9 else "90 % recovered: NOT met")) + worse
+            lines.append(f"- {name} W4A8: nearest {_num(n4)}, AdaRound {_num(a4)}, +BC {_num(b4)}, float {_num(fl)}; "
+                         f"gap recovered {_num(_points(rec), 0)} % (+BC {_num(_points(rec_bc), 0)} %): {verdict}")
+        n8, a8, b8 = metric("w8-nearest"), metric("w8-adaround"), metric("w8-adaround-bc")
+        if None not in (n8, a8):
+            s = [(v.get(c) or {}).get("sqnr_db") for c in ("w8-nearest", "w8-adaround", "w8-adaround-bc")]
+            lines.append(f"- {name} W8A8: AdaRound {_num(_points(a8 - n8), 2)} pt "
+                         f"(+BC {_num(_points(b8 - n8) if b8 is not None else None, 2)} pt), SQNR "
+                         f"{_num(s[0], 1)} -> {_num(s[1], 1)} (+BC {_num(s[2], 1)}) dB: "
+                         f"{'never worse: met' if a8 >= n8 else 'worse than nearest: NOT met'}")
+        pc, pt, cle, cbc = metric("w8-nearest"), metric("pt-nearest"), metric("pt-cle"), metric("pt-cle-bc")
+        if None not in (pc, pt, cle):
+            best = max(x for x in (cle, cbc) if x is not None)
+            lines.append(f"- {name} per-tensor: {_num(pt)} -> CLE {_num(cle)} -> CLE+BC {_num(cbc)} vs per-channel "
+                         f"{_num(pc)}: {'within 1 pt: met' if pc - best <= 0.01 else 'NOT within 1 pt'}")
+        walls = [(c, (v.get(c) or {}).get("wall_seconds")) for c in ("w8-adaround", "w8-adaround-bc", "w4-adaround",
+                                                                       "w4-adaround-bc")]
+        walls = [(c, w) for c, w in walls if w is not None]
+        if walls:
+            worst = max(w for _, w in walls)
+            lines.append(f"- {name} AdaRound wall time: at most {worst / 60:.1f} min: "
+                         f"{'within 15 min' if worst <= BUDGET_SECONDS else 'OVER 15 min'}")
+    return lines
+
+
+def _run_line(run: dict) -> str:
+    env, config = run["environment"], run["config"]
+    seconds = f"{run['seconds'] / 60:.0f} min" if "seconds" in run else "stopped part-way"
+    return (f"`{run['command']}` ({seconds}; ptq {env['ptq']}, onnxruntime {env['onnxruntime']}, numpy "
+            f"{env['numpy']}, {env['cpus']} CPUs; {config['samples']} calibration samples, {config['iters']} "
+            f"AdaRound iterations per layer, OPENBLAS_NUM_THREADS={config.get('openblas_threads')})")
+
+
+def joined(documents: list[dict]) -> dict:
+    """One results document from several runs: their models (a later run's replaces an earlier
+    run's model of the same name) and, under ``runs``, each run's command, configuration and
+    environment."""
+    out: dict = {"runs": [], "models": {}}
+    for doc in documents:
+        out["runs"] += doc.get("runs") or [{k: doc[k] for k in ("command", "config", "environment", "seconds")
+                                            if k in doc}]
+        out["models"].update(doc["models"])
+    return out
+
+
+def markdown(results: dict) -> str:
+    runs = results.get("runs") or [results]
+    head = ["# Weight rounding benchmark", ""] + [f"- {_run_line(r)}" for r in runs] + ["",
+            "## Task metric and output SQNR", "",
+            "| model | row | float | " + " | ".join(h for _, h in COLUMNS) + " |",
+            "|" + "---|" * (3 + len(COLUMNS))]
+    for name, m in results["models"].items():
+        head += _metric_rows(name, m)
+    head += ["", "## Time", "",
+             "Wall: the whole `ptq calibrate` process (observation pass included); rounding: the sequential "
+             "pass; AdaRound: the layers' optimization alone; × float: wall over one float pass over the "
+             "calibration samples.", "",
+             "| model | variant | float pass s | wall s | rounding s | AdaRound s | iterations/layer | passes | "
+             "samples | learned kept | × float |", "|" + "---|" * 11]
+    for name, m in results["models"].items():
+        head += _time_rows(name, m)
+    head += ["", "## Targets (issue 13)", ""] + targets(results) + [""]
+    return "\n".join(head)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Join rounding benchmark results and write their report.")
+    parser.add_argument("results", nargs="+", type=pathlib.Path, help="results documents (.json) of bench.rounding")
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="stem of the joined .json and .md")
+    args = parser.parse_args(argv)
+    doc = joined([json.loads(p.read_text()) for p in args.results])
+    write_json(args.out.with_suffix(".json"), doc)
+    args.out.with_suffix(".md").write_text(markdown(doc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""calibrators.adaround on single layers with known inputs."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from calibrators.adaround import (AdaRoundOptions, Layer, adaround, beta_at, initial_v, nearest, objective,
+                                  reconstruction_loss, soft_rounding)
+
+
+def gemm(rng, *, k=64, o=16, rows=2048, bits=8, relu=False, groups=1):
+    """A Gemm (or grouped product) whose inputs are correlated and non-negative, as after a Relu:
+    the case where rounding errors add up in the dot products."""
+    mix = rng.normal(size=(groups, k, k)).astype(np.float32) / np.sqrt(k)
+    x = np.maximum(np.matmul(rng.normal(size=(groups, rows, k)).astype(np.float32), mix), 0).astype(np.float32)
+    w = rng.normal(0, 0.2, (groups, o, k)).astype(np.float32)
+    b = rng.normal(0, 0.1, (groups, 1, o)).astype(np.float32)
+    y = np.matmul(x, w.transpose(0, 2, 1)) + b
+    qmax = 2 ** (bits - 1) - 1
+    s = (np.abs(w).max(axis=2, keepdims=True) / qmax).astype(np.float32)
+    clamp = (0.0, np.inf) if relu else (-np.inf, np.inf)
+    return Layer(w, s, -qmax, qmax, x, np.clip(y, *clamp).astype(np.float32), b, clamp)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_single_gemm_beats_nearest_and_every_rounding_variable_decides(rng, bits):
+    layer = gemm(rng, bits=bits)
+    train, held = layer.rows_slice(slice(0, 1536)), layer.rows_slice(slice(1536, None))
+    result = adaround(train, AdaRoundOptions(), np.random.default_rng(0))
+    assert np.minimum(result.soft, 1.0 - result.soft).max() <= 0.01
+    near = nearest(layer)
+    for part in (train, held):
+        assert reconstruction_loss(part, result.codes) < 0.8 * reconstruction_loss(part, near)
+    floor = np.floor(layer.weight / layer.scale)
+    assert np.all((result.codes == floor) | (result.codes == floor + 1))  # only up or down
+    assert result.codes.min() >= -layer.qmax and result.codes.max() <= layer.qmax
+
+
+def test_same_generator_same_codes(rng):
+    layer = gemm(rng, k=16, o=4, rows=256, relu=True)
+    options = AdaRoundOptions(iterations=200, batch=64)
+    a = adaround(layer, options, np.random.default_rng(7))
+    b = adaround(layer, options, np.random.default_rng(7))
+    assert np.array_equal(a.codes, b.codes) and np.array_equal(a.soft, b.soft)
+
+
+@pytest.mark.parametrize("groups, o", [(1, 5), (3, 2), (4, 1)])
+def test_gradient_matches_finite_differences(rng, groups, o):
+    layer = gemm(rng, k=6, o=o, rows=32, relu=True, groups=groups)
+    ratio = layer.weight / layer.scale
+    floor = np.floor(ratio).astype(np.float32)
+    v = initial_v(ratio - floor) + rng.normal(0, 0.3, ratio.shape).astype(np.float32)
+    for beta in (None, 4.0):
+        _, grad = objective(layer, v, floor, layer.inputs, layer.target, beta, 1e-3)
+        for idx in [tuple(rng.integers(0, n) for n in v.shape) for _ in range(6)]:
+            eps = 1e-2
+            up, down = v.copy(), v.copy()
+            up[idx] += eps
+            down[idx] -= eps
+            numeric = (objective(layer, up, floor, layer.inputs, layer.target, beta, 1e-3)[0]
+                       - objective(layer, down, floor, layer.inputs, layer.target, beta, 1e-3)[0]) / (2 * eps)
+            assert grad[idx] == pytest.approx(numeric, rel=0.05, abs=1e-4), (beta, idx)
+
+
+def test_initial_v_reproduces_the_fractional_part(rng):
+    rest = rng.uniform(0.01, 0.99, 100).astype(np.float32)
+    h, _ = soft_rounding(initial_v(rest))
+    assert np.allclose(h, rest, atol=1e-5)
+
+
+def test_beta_schedule_is_off_during_warmup_then_falls_linearly():
+    options = AdaRoundOptions(iterations=100, warmup=0.2, beta=(20.0, 2.0))
+    assert beta_at(0, options) is None and beta_at(19, options) is None
+    assert beta_at(20, options) == 20.0
+    assert beta_at(60, options) == pytest.approx(11.0)
+    assert beta_at(99, options) == pytest.approx(2.0 + 18.0 / 80)
+
+
+def test_a_layer_that_nearest_already_reconstructs_exactly_keeps_it(rng):
+    layer = gemm(rng, k=8, o=3, rows=64)
+    exact = replace(layer, weight=(np.rint(layer.weight / layer.scale) * layer.scale).astype(np.float32))
+    exact = replace(exact, target=(np.matmul(exact.inputs, exact.weight.transpose(0, 2, 1)) + exact.bias))
+    result = adaround(exact, AdaRoundOptions(iterations=50), np.random.default_rng(0))
+    assert reconstruction_loss(exact, nearest(exact)) < 1e-9
+    assert reconstruction_loss(exact, result.codes) <= reconstruction_loss(exact, nearest(exact)) + 1e-9
