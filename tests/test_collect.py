@@ -22,11 +22,13 @@ def run_observe(prepared, tensors, files, batch_size, subsample):
                            subsample=subsample)
 
 
-def test_strides_are_odd_and_cap_the_row():
+def test_strides_are_primes_that_do_not_divide_the_row_and_cap_it():
     assert collect.stride_for(100, 200) == 1
-    for row, cap in [(1000, 100), (1001, 100), (4096, 64), (50_000, 16_384)]:
+    assert collect.stride_for(4800, 4096) == 7  # 2, 3 and 5 divide 40 x 120
+    assert collect.stride_for(21600, 4096) == 7  # 60 x 360: not 5
+    for row, cap in [(1000, 100), (1001, 100), (4096, 64), (50_000, 16_384), (2 * 3 * 5 * 7 * 11 * 13, 1000)]:
         k = collect.stride_for(row, cap)
-        assert k % 2 == 1 and len(range(0, row, k)) <= cap
+        assert all(k % d for d in range(2, k)) and row % k and len(range(0, row, k)) <= cap
 
 
 def test_subsampled_observation_does_not_depend_on_batch_size(cnn, calib_dir):
@@ -52,9 +54,8 @@ def test_extremes_are_exact_and_the_body_is_a_subsample(cnn, calib_dir):
     for t in tensors:
         h, value = obs.histograms[t], full[t]
         assert (h.minimum, h.maximum) == (float(value.min()), float(value.max()))
-        row = value.size // len(value)
-        per_sample = len(range(0, row, collect.stride_for(row, 100)))
-        assert h.total == per_sample * len(files)
+        stride = collect.stride_for(value.size // len(value), 100)
+        assert h.total == len(range(0, value.size, stride))  # every stride-th value of the stream
     assert any(obs.histograms[t].total < full[t].size for t in tensors)  # subsampling happened
 
 

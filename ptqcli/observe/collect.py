@@ -1,8 +1,10 @@
 """The observation pass: one run of ONNX Runtime over the calibration batches.
 
 Each observed tensor streams into a histogram (``calibrators.histogram``): exact extremes, and a
-body of at most ``subsample`` values per sample taken with a fixed odd stride ``k`` along each
-sample's row (the tensor viewed as ``[N, -1]``), so the result does not depend on batch size.
+body of about ``subsample`` values per sample: every ``k``-th value of the *stream*, the
+concatenation of the samples' flattened rows in file order (see ``stride_for`` for ``k`` and for
+why this sees every channel).  A run over a batch starts where the previous run left off, so
+the values counted do not depend on batch size.
 
 Cost, not copies: every tensor's row length comes from ONNX shape inference with the inputs fixed
 to the first sample's shapes (or, where that leaves a shape unknown, from running the first
@@ -51,14 +53,44 @@ class _Probe:
     minimum: str | None = None   # output names; None when the tensor itself is an output
     maximum: str | None = None
     values: str | None = None
+    size: str | None = None
+    start: str | None = None     # input name: where this run's strided slice starts
+
+
+def _prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, math.isqrt(n) + 1))
 
 
 def stride_for(row: int, subsample: int) -> int:
-    """The smallest odd stride that leaves at most ``subsample`` values of a row (1: keep all)."""
+    """The stride ``k`` of the histogram subsample for rows of ``row`` values (1: keep all):
+    the smallest prime that leaves at most ``subsample`` values of a row and does not divide it.
+
+    Why it cannot alias.  The values counted are those at positions ``0, k, 2k, ...`` of the
+    stream of rows, one row per sample in file order.  Take any trailing group of axes of the
+    tensor whose sizes do not change from sample to sample (the channels of ``[N, T, C]``, or
+    ``H, W`` of ``[N, C, H, W]``), with ``P`` elements: every row is a whole number of such
+    groups, so a value's index within the group is its stream position modulo ``P``.  ``P``
+    divides ``row``, so ``k`` is coprime to ``P``, and ``m -> m k mod P`` is a bijection: any
+    ``P`` consecutive counted values hit every index of the group exactly once.  Each channel
+    (each index of each such axis) therefore gets ``floor(K / P)`` or ``ceil(K / P)`` of the
+    ``K`` values counted, whatever the shape and however long the rows: a fixed stride that
+    divides a channel count (3 of 120) would count a third of the channels, forever.  The
+    outermost axis of a row (``T``, or ``C`` of NCHW) is swept in order: every ``k`` consecutive
+    positions hold one counted value.
+
+    (A row is one sample's values when the tensor's leading axis counts samples, as it does for
+    every tensor this tool batches; a run slices its whole batch as one piece of the stream.)
+
+    ``k`` is chosen on the first sample; later samples may have other lengths (a dynamic ``T``).
+    The argument above needs only the trailing groups of fixed size, which divide every row.  A
+    prime ``k`` also keeps a dynamic inner axis from aliasing unless its size is a multiple of
+    ``k`` itself (a composite stride aliases with every multiple of each of its factors)."""
     if subsample <= 0 or row <= subsample:
         return 1
-    k = math.ceil(row / subsample)
-    return k if k % 2 else k + 1
+    k = max(2, math.ceil(row / subsample))
+    while not _prime(k) or row % k == 0:
+        k += 1
+    return k
 
 
 def _exposing(prepared: Prepared, tensors: Sequence[str]) -> onnx.ModelProto:
@@ -81,17 +113,17 @@ def _extreme(graph: onnx.GraphProto, op: str, data: str, out: str, axis: int | N
 
 def lean_model(prepared: Prepared, plan: dict[str, tuple[int, int]]) -> tuple[onnx.ModelProto, list[_Probe]]:
     """The prepared model whose only outputs are the probes of ``plan`` (tensor -> (stride, row
-    length)); rows longer than ``EXPOSE_ROW`` are reduced in the graph.  Their extremes are
-    taken along the last axis first: ONNX Runtime reduces a whole tensor on one thread, but
-    spreads the rows of a partial reduction over its threads."""
+    length)); rows longer than ``EXPOSE_ROW`` are reduced in the graph: the extremes, the
+    tensor's size, and the strided slice of the flattened batch from a start fed with each run.
+    Extremes are taken along the last axis first: ONNX Runtime reduces a whole tensor on one
+    thread, but spreads the rows of a partial reduction over its threads."""
     model = _exposing(prepared, [t for t, (_, row) in plan.items() if row <= EXPOSE_ROW])
     graph = model.graph
     version = opset(model)
     graph.initializer.extend([
-        helper.make_tensor("ptq::rows", TensorProto.INT64, [2], [0, -1]),
-        helper.make_tensor("ptq::zero", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("ptq::flat", TensorProto.INT64, [1], [-1]),
         helper.make_tensor("ptq::end", TensorProto.INT64, [1], [2 ** 62]),
-        helper.make_tensor("ptq::one", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("ptq::zero", TensorProto.INT64, [1], [0]),
         helper.make_tensor("ptq::last", TensorProto.INT64, [1], [-1]),
     ])
     shapes = prepared.index.shape
@@ -101,8 +133,9 @@ def lean_model(prepared: Prepared, plan: dict[str, tuple[int, int]]) -> tuple[on
             probes.append(_Probe(t, k))
             continue
         p = f"ptq::{i}"
-        probe = _Probe(t, k, f"{p}::min", f"{p}::max", f"{p}::values")
+        probe = _Probe(t, k, f"{p}::min", f"{p}::max", f"{p}::values", f"{p}::size", f"{p}::start")
         graph.initializer.append(helper.make_tensor(f"{p}::stride", TensorProto.INT64, [1], [k]))
+        graph.input.append(helper.make_tensor_value_info(probe.start, TensorProto.INT64, [1]))
         for op, out in (("ReduceMin", probe.minimum), ("ReduceMax", probe.maximum)):
             if len(shapes.get(t, ())) >= 2:
                 _extreme(graph, op, t, f"{out}::rows", -1, version)
@@ -110,21 +143,23 @@ def lean_model(prepared: Prepared, plan: dict[str, tuple[int, int]]) -> tuple[on
             else:
                 _extreme(graph, op, t, out, None, version)
         graph.node.extend([
-            helper.make_node("Reshape", [t, "ptq::rows"], [f"{p}::flat"], name=f"{p}::Reshape"),
-            helper.make_node("Slice", [f"{p}::flat", "ptq::zero", "ptq::end", "ptq::one", f"{p}::stride"],
+            helper.make_node("Reshape", [t, "ptq::flat"], [f"{p}::flat"], name=f"{p}::Reshape"),
+            helper.make_node("Slice", [f"{p}::flat", probe.start, "ptq::end", "ptq::zero", f"{p}::stride"],
                              [probe.values], name=f"{p}::Slice"),
+            helper.make_node("Size", [t], [probe.size], name=f"{p}::Size"),
         ])
         graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
                             for n in (probe.minimum, probe.maximum, probe.values))
+        graph.output.append(helper.make_tensor_value_info(probe.size, TensorProto.INT64, []))
         probes.append(probe)
     return model, probes
 
 
-def _rows(value: np.ndarray, stride: int) -> np.ndarray:
-    """Every ``stride``-th value of each sample's row."""
-    if stride == 1 or value.ndim == 0:
+def _kept(value: np.ndarray, start: int, stride: int) -> np.ndarray:
+    """Every ``stride``-th value of the flattened batch from ``start`` (as the in-graph Slice)."""
+    if stride == 1:
         return value
-    return value.reshape(value.shape[0], -1)[:, ::stride]
+    return value.reshape(-1)[start::stride]
 
 
 def _check(tensor: str, values: np.ndarray, lo: float, hi: float, batch: Batch) -> None:
@@ -181,11 +216,10 @@ def _strides(prepared: Prepared, tensors: Sequence[str], sample: Batch, subsampl
     values = session.run(list(tensors), sample.feeds)
     footprint = sum(v.nbytes for v in values)
     for t, value in zip(tensors, values):
-        row = value.size // value.shape[0] if value.ndim and value.shape[0] else value.size
-        stride = stride_for(row, subsample)
+        stride = stride_for(value.size, subsample)
         lo, hi = (float(value.min()), float(value.max())) if value.size else (math.inf, -math.inf)
-        hists[t] = _update(hists[t], t, _rows(value, stride), lo, hi, sample)
-        strides[t] = (stride, row)
+        hists[t] = _update(hists[t], t, _kept(value, 0, stride), lo, hi, sample)
+        strides[t] = (stride, value.size)
     return strides, footprint
 
 
@@ -223,9 +257,8 @@ def _static_plan(prepared: Prepared, tensors: Sequence[str], sample: Batch,
         return None
     plan, footprint = {}, 0
     for t in tensors:
-        size = int(np.prod(shapes[t], dtype=np.int64))
-        row = size // shapes[t][0] if shapes[t] else 1
-        plan[t] = (stride_for(row, subsample), row)
+        size = int(np.prod(shapes[t], dtype=np.int64))  # one sample: the row length
+        plan[t] = (stride_for(size, subsample), size)
         footprint += 4 * size
     return plan, footprint
 
@@ -248,9 +281,11 @@ def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch]
     if static is not None:  # shapes known: every sample goes through the lean model
         strides, footprint = static
         rest, samples = first, 0
+        seen = dict.fromkeys(tensors, 0)
     else:  # the first sample runs with every tensor exposed, which tells the row lengths
         strides, footprint = _strides(prepared, tensors, head, subsample, hists)
         samples = 1
+        seen = {t: row for t, (_, row) in strides.items()}
         if progress is not None:
             progress(1)
     size = None if budget is None else max(1, budget // max(footprint, 1))
@@ -261,14 +296,18 @@ def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch]
     runs = (chunk for batch in itertools.chain([rest] if rest is not None else [], batches)
             for chunk in _chunks(batch, size))
     for batch in runs:
-        out = dict(zip(names, session.run(names, batch.feeds)))
+        # Each tensor's slice starts where the stream's next multiple of its stride falls.
+        starts = {p.start: np.array([-seen[p.tensor] % p.stride], np.int64) for p in probes if p.start}
+        out = dict(zip(names, session.run(names, {**batch.feeds, **starts})))
         for probe in probes:
             if probe.minimum is None:  # exposed: statistics in NumPy
                 value = out[probe.tensor]
                 lo, hi = (float(value.min()), float(value.max())) if value.size else (math.inf, -math.inf)
-                values = _rows(value, probe.stride)
+                values = _kept(value, -seen[probe.tensor] % probe.stride, probe.stride)
+                seen[probe.tensor] += value.size
             else:
                 values, lo, hi = out[probe.values], float(out[probe.minimum]), float(out[probe.maximum])
+                seen[probe.tensor] += int(out[probe.size])
             _check(probe.tensor, values, lo, hi, batch)
             wait = pending[probe.tensor]
             wait.add(values, lo, hi)
