@@ -83,9 +83,11 @@ def calibrate(model: str | pathlib.Path, *, data: str | pathlib.Path | None = No
         tensors, derived = observation_plan(prepared.index, decisions.structure)
         t0 = time.perf_counter()
         with progress(len(files)) as update:
-            feed = batches(files, prepared.inputs, batch_size=data_options.batch_size, image=data_options.image)
+            def feed():
+                return batches(files, prepared.inputs, batch_size=data_options.batch_size, image=data_options.image)
             budget = collect.BATCH_BYTES if data_options.batch_size is None else None
-            obs = collect.observe(prepared, tensors, feed, subsample=subsample, progress=update, budget=budget)
+            obs = collect.observe(prepared, tensors, feed(), subsample=subsample, progress=update, budget=budget,
+                                  again=feed)
         obs = derive(prepared, obs, derived)
         seconds_observe = time.perf_counter() - t0
         obs_path = observations_path_for(table_path)

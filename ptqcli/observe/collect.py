@@ -21,13 +21,13 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from calibrators import histogram
+from calibrators import guard, histogram
 from ptqcli import runtime
 from ptqcli.errors import DataError
 from ptqcli.graph import Prepared, opset
@@ -263,38 +263,41 @@ def _static_plan(prepared: Prepared, tensors: Sequence[str], sample: Batch,
     return plan, footprint
 
 
-def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch], *,
-            subsample: int = SUBSAMPLE, progress: Callable[[int], None] | None = None,
-            budget: int | None = None) -> Observations:
-    """Run the model once over ``batches`` and stream every tensor into a histogram.
+def _reads(node: onnx.NodeProto) -> Iterator[str]:
+    """Every tensor name ``node`` reads, those its subgraphs read from the outer scope included."""
+    yield from node.input
+    for a in node.attribute:
+        for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+            for inner in g.node:
+                yield from _reads(inner)
 
-    ``budget``: when set, batches are cut so that the observed tensors of one run take at most
-    about that many bytes (as measured on the first sample): activations, not inputs, decide
-    memory (Magika's 2,048 input bytes become 4 MB of activations per sample)."""
-    hists = {t: histogram.empty() for t in tensors}
-    batches = iter(batches)
-    first = next(batches, None)
-    if first is None or not tensors:
-        return Observations(prepared.fingerprint, 0, subsample, hists)
-    head, rest = _split(first)
-    static = _static_plan(prepared, tensors, head, subsample)
-    if static is not None:  # shapes known: every sample goes through the lean model
-        strides, footprint = static
-        rest, samples = first, 0
-        seen = dict.fromkeys(tensors, 0)
-    else:  # the first sample runs with every tensor exposed, which tells the row lengths
-        strides, footprint = _strides(prepared, tensors, head, subsample, hists)
-        samples = 1
-        seen = {t: row for t, (_, row) in strides.items()}
-        if progress is not None:
-            progress(1)
-    size = None if budget is None else max(1, budget // max(footprint, 1))
-    model, probes = lean_model(prepared, strides)
-    session = runtime.session(model)
+
+def _upstream(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without the nodes its outputs do not depend on (ONNX Runtime runs every node of
+    a graph, fetched or not), nor the initializers they alone read."""
+    needed = {o.name for o in model.graph.output}
+    keep = []
+    for node in reversed(model.graph.node):
+        if needed.intersection(node.output):
+            keep.append(node)
+            needed.update(_reads(node))
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    out.graph.node.extend(reversed(keep))
+    inits = [i for i in model.graph.initializer if i.name in needed]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(inits)
+    return out
+
+
+def _stream(session, probes: Sequence[_Probe], runs: Iterable[Batch], hists: dict[str, histogram.Histogram],
+            seen: dict[str, int], progress: Callable[[int], None] | None) -> int:
+    """Run ``session`` over ``runs`` and count each probe's values into ``hists``; ``seen``
+    holds the stream position of every tensor and is advanced.  Returns the samples run."""
     names = [o.name for o in session.get_outputs()]
-    pending = {t: _Pending() for t in tensors}
-    runs = (chunk for batch in itertools.chain([rest] if rest is not None else [], batches)
-            for chunk in _chunks(batch, size))
+    pending = {p.tensor: _Pending() for p in probes}
+    samples = 0
     for batch in runs:
         # Each tensor's slice starts where the stream's next multiple of its stride falls.
         starts = {p.start: np.array([-seen[p.tensor] % p.stride], np.int64) for p in probes if p.start}
@@ -318,4 +321,54 @@ def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch]
             progress(batch.count)
     for t, wait in pending.items():
         hists[t] = wait.flush(hists[t])
-    return Observations(prepared.fingerprint, samples, subsample, hists)
+    return samples
+
+
+def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch], *,
+            subsample: int = SUBSAMPLE, progress: Callable[[int], None] | None = None,
+            budget: int | None = None, again: Callable[[], Iterable[Batch]] | None = None) -> Observations:
+    """Run the model once over ``batches`` and stream every tensor into a histogram.
+
+    ``budget``: when set, batches are cut so that the observed tensors of one run take at most
+    about that many bytes (as measured on the first sample): activations, not inputs, decide
+    memory (Magika's 2,048 input bytes become 4 MB of activations per sample).
+
+    ``again``: the same batches once more.  When given, every subsampled tensor whose exact
+    extremes lie far beyond what its histogram counted (``calibrators.guard.uncounted``) is
+    counted again, every value, in a second pass that runs only the part of the model it needs;
+    without it, ranges drawn from such a histogram are widened instead (``quantize.decide``)."""
+    hists = {t: histogram.empty() for t in tensors}
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None or not tensors:
+        return Observations(prepared.fingerprint, 0, subsample, hists)
+    head, rest = _split(first)
+    static = _static_plan(prepared, tensors, head, subsample)
+    if static is not None:  # shapes known: every sample goes through the lean model
+        strides, footprint = static
+        rest, samples = first, 0
+        seen = dict.fromkeys(tensors, 0)
+    else:  # the first sample runs with every tensor exposed, which tells the row lengths
+        strides, footprint = _strides(prepared, tensors, head, subsample, hists)
+        samples = 1
+        seen = {t: row for t, (_, row) in strides.items()}
+        if progress is not None:
+            progress(1)
+    size = None if budget is None else max(1, budget // max(footprint, 1))
+    model, probes = lean_model(prepared, strides)
+    runs = (chunk for batch in itertools.chain([rest] if rest is not None else [], batches)
+            for chunk in _chunks(batch, size))
+    samples += _stream(runtime.session(model), probes, runs, hists, seen, progress)
+    flagged = [t for t in tensors if strides[t][0] > 1 and any(guard.uncounted(hists[t]))]
+    if flagged and again is not None:
+        dense = {t: (1, strides[t][1]) for t in flagged}
+        model, probes = lean_model(prepared, dense)
+        fresh = {t: histogram.empty() for t in flagged}
+        runs = (chunk for batch in again() for chunk in _chunks(batch, size))
+        _stream(runtime.session(_upstream(model)), probes, runs, fresh, dict.fromkeys(flagged, 0), None)
+        hists.update(fresh)
+        strides.update(dense)
+    else:
+        flagged = []
+    return Observations(prepared.fingerprint, samples, subsample, hists,
+                        {t: k for t, (k, _) in strides.items()}, frozenset(flagged))

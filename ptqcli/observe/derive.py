@@ -31,10 +31,15 @@ def island_function(prepared: Prepared, group: Group) -> Callable[[np.ndarray], 
 
 
 def derive(prepared: Prepared, obs: Observations, derived: dict[str, Group]) -> Observations:
-    """``obs`` with the histogram of every derived output, pushed through its group's function."""
-    hists = dict(obs.histograms)
+    """``obs`` with the histogram of every derived output, pushed through its group's function;
+    it counts what its source counted (its stride, and whether it was counted again)."""
+    hists, strides, recounted = dict(obs.histograms), dict(obs.strides), set(obs.recounted)
     for out, group in derived.items():
-        source = hists.get(group.inputs[0])
-        if source is not None:
-            hists[out] = histogram.push_through(source, island_function(prepared, group))
-    return replace(obs, histograms=hists)
+        source = group.inputs[0]
+        if source in hists:
+            hists[out] = histogram.push_through(hists[source], island_function(prepared, group))
+            if source in strides:
+                strides[out] = strides[source]
+            if source in recounted:
+                recounted.add(out)
+    return replace(obs, histograms=hists, strides=strides, recounted=frozenset(recounted))

@@ -7,7 +7,7 @@ import json
 import os
 import pathlib
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,7 +16,10 @@ from ptqcli import __version__
 from ptqcli.errors import ObservationError
 
 FORMAT = "ptq-observations"
-VERSION = 1
+#: 2: with each tensor's stride and the tensors counted again.  Version 1 files (strides unknown,
+#: and taken with a stride that could alias) still load; their tensors count as subsampled.
+VERSION = 2
+READABLE = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -24,12 +27,21 @@ class Observations:
     """Histograms by tensor name, for the model with ``fingerprint``, over ``samples`` samples.
 
     ``subsample``: the most histogram values taken per sample and tensor (0: every value);
-    the extremes are always exact."""
+    ``strides``: per tensor, the stride of the values counted (1: every value; a tensor not
+    listed counts as subsampled); ``recounted``: tensors whose every value was counted in a
+    second pass because the subsample missed their extremes (``calibrators.guard``).
+    The extremes are always exact."""
 
     fingerprint: str
     samples: int
     subsample: int
     histograms: dict[str, Histogram]
+    strides: dict[str, int] = field(default_factory=dict)
+    recounted: frozenset[str] = frozenset()
+
+    def dense(self, tensor: str) -> bool:
+        """Whether every value of ``tensor`` was counted in its histogram."""
+        return self.strides.get(tensor, 0) == 1
 
 
 def save(obs: Observations, path: str | os.PathLike) -> None:
@@ -37,7 +49,8 @@ def save(obs: Observations, path: str | os.PathLike) -> None:
     path = pathlib.Path(path)
     names = sorted(obs.histograms)
     meta = {"format": FORMAT, "version": VERSION, "tool": __version__, "fingerprint": obs.fingerprint,
-            "samples": obs.samples, "subsample": obs.subsample, "tensors": names}
+            "samples": obs.samples, "subsample": obs.subsample, "tensors": names,
+            "strides": [obs.strides.get(n, 0) for n in names], "recounted": sorted(obs.recounted)}
     arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)}
     for i, name in enumerate(names):
         h = obs.histograms[name]
@@ -59,7 +72,7 @@ def load(path: str | os.PathLike) -> Observations:
     try:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(bytes(npz["meta"]).decode())
-            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            if meta.get("format") != FORMAT or meta.get("version") not in READABLE:
                 raise ObservationError(f"{path}: not a ptq observation file (format {VERSION})")
             hists = {}
             for i, name in enumerate(meta["tensors"]):
@@ -70,4 +83,6 @@ def load(path: str | os.PathLike) -> Observations:
         raise
     except Exception as exc:
         raise ObservationError(f"{path}: cannot read observations ({exc})") from None
-    return Observations(meta["fingerprint"], int(meta["samples"]), int(meta["subsample"]), hists)
+    strides = {n: int(k) for n, k in zip(meta["tensors"], meta.get("strides", ())) if k}
+    return Observations(meta["fingerprint"], int(meta["samples"]), int(meta["subsample"]), hists,
+                        strides, frozenset(meta.get("recounted", ())))
