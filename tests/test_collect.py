@@ -5,7 +5,7 @@ from builders import conv_net, save, write_npy_folder
 
 from ptqcli.errors import DataError
 from ptqcli.graph import prepare
-from ptqcli.observe import collect
+from ptqcli.observe import collect, probes
 from ptqcli.observe.dataset import batches, list_samples
 from ptqcli.quantize.plan import analyse
 from ptqcli.quantize.scale_groups import observed_tensors
@@ -47,7 +47,7 @@ def test_extremes_are_exact_and_the_body_is_a_subsample(cnn, calib_dir):
     prepared, tensors = cnn
     files = list_samples(calib_dir, limit=20)
     obs = run_observe(prepared, tensors, files, 5, subsample=100)
-    session = ort.InferenceSession(collect._exposing(prepared, tensors).SerializeToString(),
+    session = ort.InferenceSession(probes.exposing(prepared, tensors).SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     x = np.concatenate([np.load(f) for f in files])
     full = dict(zip(tensors, session.run(list(tensors), {"image": x})))
@@ -71,9 +71,9 @@ def test_nan_activation_names_the_tensor_and_files(tmp_path, cnn):
 def test_reducing_inside_the_runtime_or_in_numpy_gives_the_same_histograms(cnn, calib_dir, monkeypatch):
     prepared, tensors = cnn
     files = list_samples(calib_dir, limit=12)
-    monkeypatch.setattr(collect, "EXPOSE_ROW", 0)  # every tensor reduced in the graph
+    monkeypatch.setattr(probes, "EXPOSE_ROW", 0)  # every tensor reduced in the graph
     in_graph = run_observe(prepared, tensors, files, 5, subsample=100)
-    monkeypatch.setattr(collect, "EXPOSE_ROW", 1 << 30)  # every tensor copied out
+    monkeypatch.setattr(probes, "EXPOSE_ROW", 1 << 30)  # every tensor copied out
     in_numpy = run_observe(prepared, tensors, files, 5, subsample=100)
     for t in tensors:
         a, b = in_graph.histograms[t], in_numpy.histograms[t]
@@ -88,20 +88,20 @@ def test_in_graph_extremes_at_opset_18_where_reduce_axes_are_an_input(tmp_path, 
     tensors = observed_tensors(prepared.index, analyse(prepared.index))
     files = list_samples(write_npy_folder(tmp_path / "calib", np.random.default_rng(4).normal(
         size=(7, 1, 3, 8, 8)).astype(np.float32)))
-    monkeypatch.setattr(collect, "EXPOSE_ROW", 0)
+    monkeypatch.setattr(probes, "EXPOSE_ROW", 0)
     in_graph = run_observe(prepared, tensors, files, 3, subsample=50)
-    monkeypatch.setattr(collect, "EXPOSE_ROW", 1 << 30)
+    monkeypatch.setattr(probes, "EXPOSE_ROW", 1 << 30)
     in_numpy = run_observe(prepared, tensors, files, 3, subsample=50)
     for t in tensors:
         a, b = in_graph.histograms[t], in_numpy.histograms[t]
         assert (a.minimum, a.maximum) == (b.minimum, b.maximum) and np.array_equal(a.counts, b.counts), t
 
 
-def test_shapes_from_inference_or_from_a_probe_run_give_the_same_histograms(cnn, calib_dir, monkeypatch):
+def test_lengths_from_inference_or_from_the_first_run_give_the_same_histograms(cnn, calib_dir, monkeypatch):
     prepared, tensors = cnn
     files = list_samples(calib_dir, limit=9)
     static = run_observe(prepared, tensors, files, 4, subsample=100)
-    monkeypatch.setattr(collect, "_static_plan", lambda *args: None)  # force the probe run
+    monkeypatch.setattr(collect, "_rows", lambda *args: {})  # every length unknown before the run
     probed = run_observe(prepared, tensors, files, 4, subsample=100)
     for t in tensors:
         a, b = static.histograms[t], probed.histograms[t]
