@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -95,20 +96,22 @@ def _run(width_exp: int, minimum: float, maximum: float) -> tuple[int, int]:
     return math.floor(minimum / width), math.floor(maximum / width)
 
 
-def update(hist: Histogram, values: np.ndarray, *, minimum: float | None = None,
+def update(hist: Histogram, values: np.ndarray | Sequence[np.ndarray], *, minimum: float | None = None,
            maximum: float | None = None) -> Histogram:
-    """Return ``hist`` with the finite float ``values`` counted.
+    """Return ``hist`` with the finite float ``values`` counted (an array, or a list of arrays
+    of one dtype, counted together without first being joined).
 
     ``values`` may be a subsample of a tensor; ``minimum``/``maximum`` then give the exact
     extremes of the whole tensor (computed elsewhere, so they bound ``values``): they widen the
     recorded extremes and the grid although only ``values`` are counted.  An extreme not given
     is that of ``values``.
     """
-    values = np.asarray(values).ravel()
+    parts = [np.asarray(v).reshape(-1) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    parts = [v for v in parts if v.size]
     lo, hi = hist.minimum, hist.maximum
-    if values.size:
-        lo = min(lo, float(values.min()) if minimum is None else minimum)
-        hi = max(hi, float(values.max()) if maximum is None else maximum)
+    if parts:
+        lo = min(lo, min(float(v.min()) for v in parts) if minimum is None else minimum)
+        hi = max(hi, max(float(v.max()) for v in parts) if maximum is None else maximum)
     if minimum is not None:
         lo, hi = min(lo, minimum), max(hi, minimum)
     if maximum is not None:
@@ -118,10 +121,16 @@ def update(hist: Histogram, values: np.ndarray, *, minimum: float | None = None,
     width_exp = width_exp_for(max(abs(lo), abs(hi)))
     first, last = _run(width_exp, lo, hi)
     counts = _rebin(hist, width_exp, first, last)
-    if values.size:
+    if parts:
         # Scaling by a power of two is exact, so values on a bin edge land in the same bin in
         # float32 as they would in exact arithmetic; floor, cast and shift in place.
-        index = values * values.dtype.type(math.ldexp(1.0, -width_exp))
+        dtype = parts[0].dtype
+        scale = dtype.type(math.ldexp(1.0, -width_exp))
+        index = np.empty(sum(v.size for v in parts), dtype)
+        at = 0
+        for v in parts:
+            np.multiply(v, scale, out=index[at:at + v.size])
+            at += v.size
         np.floor(index, out=index)
         index = index.astype(np.intp)
         index -= first

@@ -106,11 +106,9 @@ class _Pending:
     def flush(self, hist: histogram.Histogram) -> histogram.Histogram:
         if not self.parts:
             return hist
-        parts = [v.reshape(-1) for v in self.parts]
-        values = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        lo, hi = self.lo, self.hi
+        parts, lo, hi = self.parts, self.lo, self.hi
         self.parts, self.size, self.lo, self.hi = [], 0, math.inf, -math.inf
-        return histogram.update(hist, values, minimum=None if lo == math.inf else lo, maximum=hi)
+        return histogram.update(hist, parts, minimum=None if lo == math.inf else lo, maximum=hi)
 
 
 def _split(batch: Batch) -> tuple[Batch, Batch | None]:
