@@ -75,8 +75,8 @@ def lean_model(prepared: Prepared, plans: dict[str, Plan]) -> tuple[onnx.ModelPr
     """The prepared model whose only outputs are the probes of ``plans``.  Extremes are taken
     along the last axis first: ONNX Runtime reduces a whole tensor on one thread, but spreads
     the rows of a partial reduction over its threads."""
-    exposed = [t for t, p in plans.items() if p.row is not None and p.row <= EXPOSE_ROW]
-    model = exposing(prepared, exposed)
+    exposed = {t: None for t, p in plans.items() if p.row is not None and p.row <= EXPOSE_ROW}
+    model = exposing(prepared, list(exposed))
     graph = model.graph
     version = opset(model)
     graph.initializer.extend([
