@@ -57,6 +57,9 @@ def _interrupted(exc: KeyboardInterrupt) -> _Failure:
     if isinstance(exc, Interrupted) and exc.observations:
         text += (f"; the observations in {exc.observations} are complete: rerun with --observations "
                  f"{exc.observations} to skip the pass")
+    elif isinstance(exc, Interrupted) and exc.checkpoint:
+        text += (f"; the checkpoint {exc.checkpoint} holds {exc.done} samples: rerun with --resume to "
+                 f"continue from it")
     return _Failure(text, 128 + int(signum))
 
 
@@ -293,11 +296,21 @@ def main() -> None:
               help="Deployment CPU. 'any' and 'x86-avx2' raise the scale of weight channels whose codes could "
                    "saturate the int16 pair sums of x86 CPUs without VNNI; 'x86-vnni' and 'arm' keep full "
                    "8-bit weights.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=256, show_default=True, metavar="N",
+              help="Save the pass's state every N samples beside the table (.table.obs.ckpt.npz; 0: never); "
+                   "it is removed when the pass ends.")
+@click.option("--resume", is_flag=True,
+              help="Continue the pass from the checkpoint an interrupted run left (same model, data and "
+                   "options); the table is the one an uninterrupted run writes.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Shard the samples over N local Dask worker processes (pip install ptq[dask]).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Shard the samples over the workers of a running Dask scheduler (pip install ptq[dask]).")
 @_data_options
 @_reported
 def calibrate(model, data, output, observations, method, method_for, percentile, symmetric, per_tensor_weights,
-              int16, all_int8, exclude, fixed_range, cpu, batch_size, limit, size, mean, std, layout, bgr, quiet,
-              as_json) -> None:
+              int16, all_int8, exclude, fixed_range, cpu, checkpoint_every, resume, workers, scheduler, batch_size,
+              limit, size, mean, std, layout, bgr, quiet, as_json) -> None:
     """Observe MODEL on --data once and write its scale table."""
     from ptqcli import api
 
@@ -311,7 +324,8 @@ def calibrate(model, data, output, observations, method, method_for, percentile,
         _progress("choosing ranges", silent, unit="scale groups")
     result = api.calibrate(model, data=data, output=output, observations=observations, options=options,
                            data_options=_data(batch_size, limit, size, mean, std, layout, bgr),
-                           progress=_progress("observing", silent), range_progress=ranges)
+                           progress=_progress("observing", silent), range_progress=ranges,
+                           pass_options=api.PassOptions(checkpoint_every, resume, workers, scheduler))
     table = result.table
     roles: dict[str, int] = {}
     for entry in table.tensors.values():

@@ -101,7 +101,7 @@ def test_lengths_from_inference_or_from_the_first_run_give_the_same_histograms(c
     prepared, tensors = cnn
     files = list_samples(calib_dir, limit=9)
     static = run_observe(prepared, tensors, files, 4, subsample=100)
-    monkeypatch.setattr(collect, "_rows", lambda *args: {})  # every length unknown before the run
+    monkeypatch.setattr(collect, "rows", lambda *args: {})  # every length unknown before the run
     probed = run_observe(prepared, tensors, files, 4, subsample=100)
     for t in tensors:
         a, b = static.histograms[t], probed.histograms[t]

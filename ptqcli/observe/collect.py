@@ -19,9 +19,11 @@ batch of activations and the histograms, whatever the number of samples.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -128,16 +130,15 @@ def _chunks(batch: Batch, size: int | None) -> list[Batch]:
             for i in range(0, batch.count, size)]
 
 
-def _rows(prepared: Prepared, sample: Batch) -> dict[str, int]:
+def rows(prepared: Prepared, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
     """Values per sample of every tensor whose shape ONNX shape inference fixes once the inputs
-    have the shapes of ``sample`` (empty when inference fails: every length is then learned
-    from the first run)."""
+    have ``shapes`` (leading axis aside: one sample); empty when inference fails."""
     model = onnx.ModelProto()
     model.CopyFrom(prepared.model)
     for inp in model.graph.input:
-        if inp.name in sample.feeds:
+        if inp.name in shapes:
             dims = inp.type.tensor_type.shape.dim
-            for dim, size in zip(dims, (1,) + sample.feeds[inp.name].shape[1:]):
+            for dim, size in zip(dims, (1,) + tuple(shapes[inp.name][1:])):
                 dim.Clear()
                 dim.dim_value = size
     del model.graph.value_info[:]
@@ -145,26 +146,28 @@ def _rows(prepared: Prepared, sample: Batch) -> dict[str, int]:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # shape inference is an optimization here: the first run tells the rest
         return {}
-    rows = {}
+    out = {}
     for vi in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
         dims = vi.type.tensor_type.shape.dim
         if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
-            rows[vi.name] = int(np.prod([d.dim_value for d in dims], dtype=np.int64))
-    return rows
+            out[vi.name] = int(np.prod([d.dim_value for d in dims], dtype=np.int64))
+    return out
 
 
 def plans(prepared: Prepared, tensors: Sequence[str], sample: Batch, subsample: int) -> dict[str, Plan]:
-    """How each tensor is observed, from one sample's input shapes."""
-    rows = _rows(prepared, sample)
-    return {t: Plan(rows.get(t), stride_for(rows[t], subsample) if t in rows else None,
+    """How each tensor is observed, from one sample's input shapes (a tensor whose length they
+    do not fix is learned from the first run)."""
+    known = rows(prepared, {k: v.shape for k, v in sample.feeds.items()})
+    return {t: Plan(known.get(t), stride_for(known[t], subsample) if t in known else None,
                     not nonnegative(prepared.index, t)) for t in tensors}
 
 
-class _Stream:
-    """Per tensor: where the stream stands (values seen) and the stride, once known."""
+class Stream:
+    """Per tensor: where the stream stands (values seen: ``seen``, 0 at the first sample) and the
+    stride, once known."""
 
-    def __init__(self, plans: dict[str, Plan], subsample: int) -> None:
-        self.seen = dict.fromkeys(plans, 0)
+    def __init__(self, plans: dict[str, Plan], subsample: int, seen: dict[str, int] | None = None) -> None:
+        self.seen = {t: (seen or {}).get(t, 0) for t in plans}
         self.stride = {t: p.stride for t, p in plans.items()}
         self.subsample = subsample
 
@@ -205,72 +208,198 @@ class _Stream:
         return values, lo, hi
 
 
-def _run(session, probes: Sequence[Probe], runs: Iterable[Batch], stream: _Stream,
-         hists: dict[str, histogram.Histogram], progress: Callable[[int], None] | None) -> int:
-    """Run ``session`` over ``runs`` and count each probe's values into ``hists``.
-    Returns the number of samples run."""
+@dataclass(frozen=True)
+class PassState:
+    """Where an observation pass stands after a whole number of sample files: everything it needs
+    to go on (``ptqcli.observe.checkpoint`` writes it to disk), nothing per sample.
+
+    ``files``: sample files the current stage has consumed; ``samples``: samples the main stage
+    has run; ``strides``: per tensor (0: not known yet); ``seen``: the stream positions of the
+    current stage (which fix the subsample's offset in the next sample); ``chunk``: samples per
+    run (0: whole batches); ``histograms``: the main stage's.  ``recount``: the tensors (and
+    their row lengths) being counted again, every value, in the second stage (empty: still in
+    the main stage), into ``fresh``."""
+
+    files: int
+    samples: int
+    strides: dict[str, int]
+    seen: dict[str, int]
+    chunk: int
+    histograms: dict[str, histogram.Histogram]
+    recount: tuple[tuple[str, int], ...] = ()
+    fresh: dict[str, histogram.Histogram] = field(default_factory=dict)
+
+
+#: ``checkpoint(state)`` is called after whole batches, with every count flushed.
+Checkpoint = Callable[[PassState], None]
+
+
+class _Saver:
+    """Counts what each batch consumed and says when ``every`` samples have passed since the
+    last checkpoint; ``save`` then builds the state with ``snapshot(files)``."""
+
+    def __init__(self, checkpoint: Checkpoint | None, every: int, files: int,
+                 snapshot: Callable[[int], PassState]) -> None:
+        self.checkpoint, self.every, self.files, self.snapshot = checkpoint, every, files, snapshot
+        self.since = 0
+
+    def due(self, files: int, samples: int) -> bool:
+        self.files += files
+        self.since += samples
+        if self.checkpoint is None or self.every <= 0 or self.since < self.every:
+            return False
+        self.since = 0
+        return True
+
+    def save(self) -> None:
+        assert self.checkpoint is not None
+        self.checkpoint(self.snapshot(self.files))
+
+
+def run(session, probes: Sequence[Probe], batches: Iterable[Batch], stream: Stream,
+         hists: dict[str, histogram.Histogram], progress: Callable[[int], None] | None, *,
+         chunk: int | None = None, saver: _Saver | None = None) -> int:
+    """Run ``session`` over ``batches`` (each cut into runs of at most ``chunk`` samples) and
+    count each probe's values into ``hists``; after a batch, when ``saver`` says a checkpoint is
+    due, count every waiting value and save.  Returns the number of samples run."""
     names = [o.name for o in session.get_outputs()]
     pending = {p.tensor: _Pending() for p in probes}
+
+    def flush() -> None:
+        for t, wait in pending.items():
+            hists[t] = wait.flush(hists[t])
+
     samples = 0
-    for batch in runs:
-        out = dict(zip(names, session.run(names, {**batch.feeds, **stream.feeds(probes)})))
-        for probe in probes:
-            values, lo, hi = stream.take(probe, out, batch)
-            wait = pending[probe.tensor]
-            wait.add(values, lo, hi)
-            if wait.size >= FLUSH_VALUES:
-                hists[probe.tensor] = wait.flush(hists[probe.tensor])
-        samples += batch.count
-        if progress is not None:
-            progress(batch.count)
-    for t, wait in pending.items():
-        hists[t] = wait.flush(hists[t])
+    for whole in batches:
+        for batch in _chunks(whole, chunk):
+            out = dict(zip(names, session.run(names, {**batch.feeds, **stream.feeds(probes)})))
+            for probe in probes:
+                values, lo, hi = stream.take(probe, out, batch)
+                wait = pending[probe.tensor]
+                wait.add(values, lo, hi)
+                if wait.size >= FLUSH_VALUES:
+                    hists[probe.tensor] = wait.flush(hists[probe.tensor])
+            samples += batch.count
+            if progress is not None:
+                progress(batch.count)
+        if saver is not None and saver.due(len(whole.files), whole.count):
+            flush()
+            saver.save()
+    flush()
     return samples
+
+
+def _main(prepared: Prepared, plan: dict[str, Plan], first: Batch | None, batches: Iterator[Batch],
+          state: PassState | None, progress: Callable[[int], None] | None, budget: int | None,
+          checkpoint: Checkpoint | None, every: int, subsample: int) -> PassState:
+    """The main stage, from the start (``state`` None; ``first`` is then the first batch) or from
+    ``state``.  Returns the state at its end."""
+    stream = Stream(plan, subsample, state.seen if state is not None else None)
+    if state is not None:
+        stream.stride.update({t: k for t, k in state.strides.items() if k})
+        plan = {t: Plan(p.row, stream.stride[t], p.lower) for t, p in plan.items()}
+    hists = dict(state.histograms) if state is not None else {t: histogram.empty() for t in plan}
+    samples = state.samples if state is not None else 0
+    model, probes = lean_model(prepared, plan)
+    session = runtime.session(model)
+    if state is None:
+        assert first is not None
+        if any(p.row is None for p in plan.values()):  # the first sample alone tells the unknown lengths
+            head, rest = _split(first)
+            samples = run(session, probes, [head], stream, hists, progress)
+            first = rest
+        footprint = 4 * sum(p.row if p.row is not None else stream.seen[t] for t, p in plan.items())
+        chunk = 0 if budget is None else max(1, budget // max(footprint, 1))
+        batches = itertools.chain([first] if first is not None else [], batches)
+    else:
+        chunk = state.chunk
+
+    def snapshot(files: int) -> PassState:
+        return PassState(files, samples + counted.samples, {t: k or 0 for t, k in stream.stride.items()},
+                         dict(stream.seen), chunk, dict(hists))
+
+    counted = _Counted(batches)
+    saver = _Saver(checkpoint, every, state.files if state is not None else 0, snapshot)
+    samples += run(session, probes, counted, stream, hists, progress, chunk=chunk or None, saver=saver)
+    return PassState(saver.files, samples, {t: k or 0 for t, k in stream.stride.items()}, dict(stream.seen),
+                     chunk, hists)
+
+
+class _Counted:
+    """An iterator of batches that counts the samples it has handed out (and had run: a state is
+    saved between batches, when the batch handed out last has been run)."""
+
+    def __init__(self, batches: Iterable[Batch]) -> None:
+        self._batches, self.samples = iter(batches), 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self._batches:
+            self.samples += batch.count
+            yield batch
+
+
+def _recount(prepared: Prepared, state: PassState, again: Callable[[int], Iterable[Batch]],
+             checkpoint: Checkpoint | None, every: int, subsample: int) -> dict[str, histogram.Histogram]:
+    """The second stage: every value of ``state.recount`` counted again, from ``state``."""
+    dense = {t: Plan(row, 1, not nonnegative(prepared.index, t)) for t, row in state.recount}
+    model, probes = lean_model(prepared, dense)
+    stream = Stream(dense, subsample, state.seen)
+    fresh = dict(state.fresh)
+
+    def snapshot(files: int) -> PassState:
+        return dataclasses.replace(state, files=files, seen=dict(stream.seen), fresh=dict(fresh))
+
+    saver = _Saver(checkpoint, every, state.files, snapshot)
+    run(runtime.session(model), probes, again(state.files), stream, fresh, None, chunk=state.chunk or None,
+         saver=saver)
+    return fresh
 
 
 def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch], *,
             subsample: int = SUBSAMPLE, progress: Callable[[int], None] | None = None,
-            budget: int | None = None, again: Callable[[], Iterable[Batch]] | None = None) -> Observations:
+            budget: int | None = None, again: Callable[[int], Iterable[Batch]] | None = None,
+            resume: PassState | None = None, first: Batch | None = None,
+            checkpoint: Checkpoint | None = None, every: int = 0) -> Observations:
     """Run the model once over ``batches`` and stream every tensor into a histogram.
 
     ``budget``: when set, batches are cut so that the observed tensors of one run take at most
     about that many bytes (as measured on the first sample): activations, not inputs, decide
     memory (Magika's 2,048 input bytes become 4 MB of activations per sample).
 
-    ``again``: the same batches once more.  When given, every subsampled tensor whose exact
-    extremes lie far beyond what its histogram counted (``calibrators.guard.uncounted``) is
-    counted again, every value, in a second pass that runs only the part of the model it needs;
-    without it, ranges drawn from such a histogram are widened instead (``quantize.decide``)."""
-    hists = {t: histogram.empty() for t in tensors}
+    ``again(start)``: the same batches once more, from sample file ``start``.  When given, every
+    subsampled tensor whose exact extremes lie far beyond what its histogram counted
+    (``calibrators.guard.uncounted``) is counted again, every value, in a second pass that runs
+    only the part of the model it needs; without it, ranges drawn from such a histogram are
+    widened instead (``quantize.decide``).
+
+    ``checkpoint(state)`` is called every ``every`` samples, at the end of a batch.  ``resume``
+    continues from such a state: ``batches`` then starts at file ``resume.files`` (unless the
+    state is in the second stage, which reads ``again``) and ``first`` is the folder's first
+    batch, whose shapes fixed the plan.  Batches must be cut where the interrupted run cut them
+    (``dataset.batches`` from a batch boundary with the same batch size does); the result is then
+    identical to that of an uninterrupted run, since a histogram counts the same values however
+    they are grouped (``calibrators.histogram``)."""
     batches = iter(batches)
-    first = next(batches, None)
+    if resume is None:
+        first = next(batches, None)
     if first is None or not tensors:
-        return Observations(prepared.fingerprint, 0, subsample, hists)
-    head, rest = _split(first)
+        return Observations(prepared.fingerprint, 0, subsample, {t: histogram.empty() for t in tensors})
+    head, _ = _split(first)
     plan = plans(prepared, tensors, head, subsample)
-    model, probes = lean_model(prepared, plan)
-    session = runtime.session(model)
-    stream = _Stream(plan, subsample)
-    samples = 0
-    if any(p.row is None for p in plan.values()):  # the first sample alone tells the unknown lengths
-        samples = _run(session, probes, [head], stream, hists, progress)
-        first = rest
-    footprint = 4 * sum(p.row if p.row is not None else stream.seen[t] for t, p in plan.items())
-    size = None if budget is None else max(1, budget // max(footprint, 1))
-    runs = (chunk for batch in itertools.chain([first] if first is not None else [], batches)
-            for chunk in _chunks(batch, size))
-    samples += _run(session, probes, runs, stream, hists, progress)
-    strides = dict(stream.stride)
-    flagged = [t for t in tensors if strides[t] > 1 and any(guard.uncounted(hists[t]))]
-    if flagged and again is not None:
-        rows = {t: plan[t].row or stream.seen[t] // samples for t in flagged}
-        dense = {t: Plan(rows[t], 1, plan[t].lower) for t in flagged}
-        model, probes = lean_model(prepared, dense)
-        fresh = {t: histogram.empty() for t in flagged}
-        runs = (chunk for batch in again() for chunk in _chunks(batch, size))
-        _run(runtime.session(model), probes, runs, _Stream(dense, subsample), fresh, None)
-        hists.update(fresh)
-        strides.update(dict.fromkeys(flagged, 1))
-    else:
-        flagged = []
-    return Observations(prepared.fingerprint, samples, subsample, hists, strides, frozenset(flagged))
+    state = resume
+    if state is None or not state.recount:
+        state = _main(prepared, plan, first if resume is None else None, batches, resume, progress, budget,
+                      checkpoint, every, subsample)
+        flagged = [t for t in tensors if state.strides[t] > 1 and any(guard.uncounted(state.histograms[t]))]
+        if not flagged or again is None:
+            return Observations(prepared.fingerprint, state.samples, subsample, state.histograms, state.strides)
+        rows = tuple((t, plan[t].row or state.seen[t] // state.samples) for t in flagged)
+        state = PassState(0, state.samples, state.strides, dict.fromkeys(flagged, 0), state.chunk, state.histograms,
+                          rows, {t: histogram.empty() for t in flagged})
+        if checkpoint is not None:
+            checkpoint(state)
+    assert again is not None
+    fresh = _recount(prepared, state, again, checkpoint, every, subsample)
+    recounted = [t for t, _ in state.recount]
+    return Observations(prepared.fingerprint, state.samples, subsample, {**state.histograms, **fresh},
+                        {**state.strides, **dict.fromkeys(recounted, 1)}, frozenset(recounted))

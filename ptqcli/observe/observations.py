@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 
@@ -52,12 +53,30 @@ def save(obs: Observations, path: str | os.PathLike) -> None:
             "samples": obs.samples, "subsample": obs.subsample, "tensors": names,
             "strides": [obs.strides.get(n, 0) for n in names], "recounted": sorted(obs.recounted)}
     arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)}
-    for i, name in enumerate(names):
-        h = obs.histograms[name]
-        arrays[f"t{i}_counts"] = h.counts
-        arrays[f"t{i}_grid"] = np.array([h.width_exp, h.offset], dtype=np.int64)
-        arrays[f"t{i}_extremes"] = np.array([h.minimum, h.maximum], dtype=np.float64)
+    arrays.update(pack(obs.histograms, names, "t"))
     write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def pack(hists: dict[str, Histogram], names: list[str], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays that store ``hists[name]`` for each of ``names`` (in that order), keyed
+    ``{prefix}{i}_counts``, ``_grid`` and ``_extremes``."""
+    arrays = {}
+    for i, name in enumerate(names):
+        h = hists[name]
+        arrays[f"{prefix}{i}_counts"] = h.counts
+        arrays[f"{prefix}{i}_grid"] = np.array([h.width_exp, h.offset], dtype=np.int64)
+        arrays[f"{prefix}{i}_extremes"] = np.array([h.minimum, h.maximum], dtype=np.float64)
+    return arrays
+
+
+def unpack(npz: Mapping[str, np.ndarray], names: list[str], prefix: str) -> dict[str, Histogram]:
+    """The histograms ``pack`` stored (``npz``: an open ``.npz`` file, or any mapping)."""
+    hists = {}
+    for i, name in enumerate(names):
+        width_exp, offset = (int(v) for v in npz[f"{prefix}{i}_grid"])
+        lo, hi = (float(v) for v in npz[f"{prefix}{i}_extremes"])
+        hists[name] = Histogram(width_exp, offset, npz[f"{prefix}{i}_counts"].astype(np.int64), lo, hi)
+    return hists
 
 
 #: Every ``.npz`` file is a zip archive and starts with a zip local file header.
@@ -82,11 +101,7 @@ def load(path: str | os.PathLike) -> Observations:
             meta = json.loads(bytes(npz["meta"]).decode())
             if meta.get("format") != FORMAT or meta.get("version") not in READABLE:
                 raise ObservationError(f"{path}: not a ptq observation file (format {VERSION})")
-            hists = {}
-            for i, name in enumerate(meta["tensors"]):
-                width_exp, offset = (int(v) for v in npz[f"t{i}_grid"])
-                lo, hi = (float(v) for v in npz[f"t{i}_extremes"])
-                hists[name] = Histogram(width_exp, offset, npz[f"t{i}_counts"].astype(np.int64), lo, hi)
+            hists = unpack(npz, meta["tensors"], "t")
     except ObservationError:
         raise
     except Exception as exc:
