@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO := build/demo
 SAMPLES := sample_models
 
-.PHONY: install demo demo-all test bench bench-data bench-fonts bench-smoke samples clean
+.PHONY: install qemu demo demo-all test bench bench-data bench-fonts bench-smoke bench-saturation samples clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,8 @@ demo: install
 	$(BIN)/ptq simulate $(SAMPLES)/digits_cnn.onnx --table $(DEMO)/digits_cnn.table.json --requant fp32 -q \
 		--data $(SAMPLES)/digits/eval --labels $(SAMPLES)/digits/eval/labels.csv
 
-# Every range method on both sample models, from one observation pass per model.
+# Every range method on both sample models, from one observation pass per model (auto also reads
+# the samples again, to score its candidates).
 METHODS := max percentile kl mse auto
 demo-all: install
 	mkdir -p $(DEMO)
@@ -33,14 +34,22 @@ demo-all: install
 	  $(BIN)/ptq calibrate $(SAMPLES)/$$model.onnx --data $(SAMPLES)/digits/calib -o $(DEMO)/$$model.table.json -q && \
 	  for method in $(METHODS); do \
 	    $(BIN)/ptq calibrate $(SAMPLES)/$$model.onnx --observations $(DEMO)/$$model.table.obs.npz \
-	      --data $(SAMPLES)/digits/calib --method $$method -o $(DEMO)/$$model.$$method.json -q && \
+	      $$(test $$method = auto && echo --data $(SAMPLES)/digits/calib) --method $$method \
+	      -o $(DEMO)/$$model.$$method.json -q && \
 	    $(BIN)/ptq export $(SAMPLES)/$$model.onnx --table $(DEMO)/$$model.$$method.json -o $(DEMO)/$$model.$$method.onnx -q && \
 	    echo "$$model $$method: $$($(BIN)/ptq evaluate $(SAMPLES)/$$model.onnx $(DEMO)/$$model.$$method.onnx \
 	      --data $(SAMPLES)/digits/eval --labels $(SAMPLES)/digits/eval/labels.csv -q | tail -n 3 | tr -s ' \n' ' ')"; \
 	  done; \
 	done
 
-test: install
+# qemu-user shows ONNX Runtime an x86 CPU without VNNI (-cpu Haswell), so tests/test_qemu_avx2.py
+# checks its saturating AVX2 kernels on any x86 machine.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+qemu:
+	@command -v qemu-x86_64 >/dev/null 2>&1 || [ "$$(uname -m)" != x86_64 ] || \
+	  ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq qemu-user >/dev/null)
+
+test: install qemu
 	$(BIN)/pytest tests
 
 # Real-model benchmark (bench/README in README.md): models from PyPI wheels, data rendered from
@@ -55,6 +64,10 @@ bench-data: install bench-fonts
 
 bench: bench-data
 	$(BIN)/python -m bench.run
+
+# The remedies for x86 AVX2 int16 pair saturation, side by side (writes bench/results-saturation.*).
+bench-saturation: bench-data qemu
+	$(BIN)/python -m bench.saturation --qemu cls,magika
 
 bench-smoke: install bench-fonts
 	$(BIN)/python -m bench.fetch

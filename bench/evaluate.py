@@ -27,12 +27,16 @@ from bench import decode
 from bench.common import MODELS, TASKS, read_json, sample_files, write_json
 
 
-def _session(path: pathlib.Path, logits: str) -> ort.InferenceSession:
-    """A session whose outputs are the model's first output and the ``logits`` tensor."""
+def _session(path: pathlib.Path, logits: str, optimization: str = "all") -> ort.InferenceSession:
+    """A session whose outputs are the model's first output and the ``logits`` tensor;
+    ``optimization`` "none" runs a QDQ model's reference arithmetic (no fused kernels)."""
     model = onnx.load(str(path))
     if logits not in {o.name for o in model.graph.output}:
         model.graph.output.append(onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, None))
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if optimization == "none":
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _outputs(session: ort.InferenceSession, files: list[pathlib.Path], logits: str) -> tuple[list, list]:
@@ -116,8 +120,10 @@ def check(path: pathlib.Path) -> str:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
 
 
-def evaluate(task: str, float_path: pathlib.Path, quant_path: pathlib.Path | None, limit: int | None) -> dict:
-    """Metrics of the float model, and of the quantized one against truth and against float."""
+def evaluate(task: str, float_path: pathlib.Path, quant_path: pathlib.Path | None, limit: int | None,
+             optimization: str = "all") -> dict:
+    """Metrics of the float model, and of the quantized one against truth and against float
+    (run with ONNX Runtime's default optimizations, or ``optimization="none"``)."""
     folder = TASKS[task].eval_dir
     files = sample_files(folder, limit)
     dec = Decoder(task, folder)
@@ -128,7 +134,7 @@ def evaluate(task: str, float_path: pathlib.Path, quant_path: pathlib.Path | Non
     if quant_path is not None:
         result["checker"] = check(quant_path)
         start = time.perf_counter()
-        quant, quant_logits = _outputs(_session(quant_path, logits), files, logits)
+        quant, quant_logits = _outputs(_session(quant_path, logits, optimization), files, logits)
         result["seconds_quant_inference"] = time.perf_counter() - start
         results = [dec.decode(o) for o in quant]
         result["quant"] = dec.score(results, files)
@@ -144,9 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("float_model", type=pathlib.Path)
     parser.add_argument("quant_model", type=pathlib.Path, nargs="?")
     parser.add_argument("--limit", type=int, default=None, help="first N evaluation samples only")
+    parser.add_argument("--optimization", choices=("all", "none"), default="all",
+                        help="ONNX Runtime graph optimizations for the quantized model: 'all' (default) runs the "
+                             "fused int8 kernels of this CPU, 'none' the reference arithmetic")
     parser.add_argument("--out", type=pathlib.Path, required=True)
     args = parser.parse_args(argv)
-    write_json(args.out, evaluate(args.task, args.float_model, args.quant_model, args.limit))
+    write_json(args.out, evaluate(args.task, args.float_model, args.quant_model, args.limit, args.optimization))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """The ``ptq`` command: a thin layer over ``ptqcli.api``.
 
-Exit codes: 0 success, 1 failure (bad model, data, table), 2 bad usage.  Errors are one line on
+Exit codes: 0 success, 1 failure (bad model, data, table; an output that cannot be written),
+2 bad usage, 130 interrupted by SIGINT (Ctrl-C), 143 stopped by SIGTERM.  Errors are one line on
 stderr; set ``PTQ_DEBUG=1`` to see the traceback of an unexpected error.
+
+The library is imported inside the commands, so that ``ptq --help``, ``--version`` and usage
+errors do not wait for onnx and ONNX Runtime to load.
 """
 
 from __future__ import annotations
@@ -9,21 +13,36 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import pathlib
+import signal
 import sys
+import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import click
 
-from ptqcli import __version__, api
-from ptqcli.analysis.metrics import finite_or_none
-from ptqcli.errors import PtqError
-from ptqcli.observe.dataset import ImageSpec
-from ptqcli.quantize.decide import CalibrationOptions
-from ptqcli.sim.fixed import REQUANT
+import calibrators
+from ptqcli import __version__
+from ptqcli.choices import CPUS, REQUANT
+from ptqcli.errors import Interrupted, OptionError, PtqError
+from ptqcli.targets import Target
+
+if TYPE_CHECKING:
+    from ptqcli import api
+
+SIM_CPUS = CPUS + ("native",)
+
+#: How the CLI spells an option that an error names by its Python keyword (the rest: ``--name``).
+FLAGS = {"output": "-o", "per_channel": "--per-tensor-weights", "sensitive_int16": "--all-int8",
+         "fixed_ranges": "--fixed-range"}
+
+
+def _flag(name: str) -> str:
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 class _Failure(click.ClickException):
@@ -32,18 +51,76 @@ class _Failure(click.ClickException):
         self.exit_code = exit_code
 
 
+def _interrupted(exc: KeyboardInterrupt) -> _Failure:
+    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+    text = f"interrupted by {signal.Signals(signum).name}"
+    if isinstance(exc, Interrupted) and exc.observations:
+        text += (f"; the observations in {exc.observations} are complete: rerun with --observations "
+                 f"{exc.observations} to skip the pass")
+    return _Failure(text, 128 + int(signum))
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``Interrupted`` in the main thread, so that temporary files and
+    locks are cleaned up on the way out; the previous handlers come back afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    watched = (signal.SIGINT, signal.SIGTERM)
+
+    def stop(signum: int, frame: Any) -> None:
+        for s in watched:  # a second signal must not cut the cleanup short
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    previous = {s: signal.getsignal(s) for s in watched}
+    for s in watched:
+        signal.signal(s, stop)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
+class _Notes(logging.Handler):
+    """The library's notes (logger ``ptq``), one line each on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"note: {record.getMessage()}", err=True)
+
+
+@contextlib.contextmanager
+def _notes(show: bool) -> Iterator[None]:
+    logger = logging.getLogger("ptq")
+    handler: logging.Handler = _Notes() if show else logging.NullHandler()
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def _reported(fn: Callable) -> Callable:
-    """Turn PtqError (and anything unexpected) into a one-line message and an exit code."""
+    """Turn PtqError (and anything unexpected) into a one-line message and an exit code; turn
+    SIGINT and SIGTERM into exit codes 130 and 143; show the library's notes unless ``-q``."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _signals(), _notes(not kwargs.get("quiet")):
+                return fn(*args, **kwargs)
+        except OptionError as exc:
+            raise _Failure(exc.spelled(_flag), exc.exit_code) from None
         except PtqError as exc:
             raise _Failure(str(exc), exc.exit_code) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
-        except KeyboardInterrupt:
-            raise click.Abort() from None
+        except KeyboardInterrupt as exc:
+            raise _interrupted(exc) from None
         except Exception as exc:
             if os.environ.get("PTQ_DEBUG"):
                 raise
@@ -141,10 +218,13 @@ def _data_options(fn: Callable) -> Callable:
 
 
 def _data(batch_size: int, limit: int | None, size, mean, std, layout: str, bgr: bool) -> api.DataOptions:
-    return api.DataOptions(batch_size, limit, ImageSpec(size, tuple(mean), tuple(std), layout, bgr))
+    from ptqcli import api
+
+    return api.DataOptions(batch_size, limit, api.ImageSpec(size, tuple(mean), tuple(std), layout, bgr))
 
 
 def _progress(label: str, quiet: bool, unit: str = "samples") -> api.ProgressFactory:
+    """A bar with ETA on a terminal; otherwise a line when the stage starts and one when it ends."""
     @contextlib.contextmanager
     def factory(total: int):
         if quiet:
@@ -165,24 +245,38 @@ def _emit_json(payload: dict) -> None:
     click.echo(json.dumps(payload, sort_keys=True, indent=1, allow_nan=False))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _InOrder(click.Group):
+    """Lists the commands in the order of the workflow, not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=_InOrder, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ptq")
 def main() -> None:
-    """Post-training quantization of ONNX models: calibrate, export, evaluate."""
+    """Post-training quantization of ONNX models: calibrate, export, evaluate, simulate,
+    sensitivity.
+
+    Exit codes: 0 success, 1 failure (bad model, data or table), 2 bad usage, 130 interrupted
+    (Ctrl-C), 143 terminated (SIGTERM).
+    """
 
 
-@main.command()
+@main.command(short_help="Observe a model on samples and write its scale table.")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
 @click.option("--data", type=click.Path(path_type=pathlib.Path), default=None,
-              help="Folder of calibration samples (.npy, .npz, .pb, .png, .jpg), read in sorted order.")
+              help="Folder of calibration samples (.npy, .npz, .pb, .png, .jpg), read in sorted order; "
+                   "hidden files are skipped.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
               help="Scale table to write [default: MODEL with suffix .table.json]; observations go "
                    "beside it as .table.obs.npz.")
 @click.option("--observations", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
-              help="Reuse the histograms of an earlier run instead of --data.")
-@click.option("--method", type=click.Choice(["max", "percentile", "kl", "mse", "auto"]), default="mse",
-              show_default=True, help="Range method for activations; auto picks per tensor by the output "
-                                      "error on the first calibration samples.")
+              help="Reuse the histograms of an earlier run instead of --data (--method auto needs "
+                   "--data as well, to score its candidates).")
+@click.option("--method", type=click.Choice([*calibrators.METHODS, "auto"]), default="mse",
+              show_default=True, help="Range method for activations; auto picks per scale group by the "
+                                      "output SQNR on up to 64 calibration samples spread over the folder.")
 @click.option("--method-for", "method_for", multiple=True, type=_Pair("NAME=METHOD", "NAME=METHOD", str),
               help="Range method for one tensor (repeatable).")
 @click.option("--percentile", type=float, default=99.99, show_default=True,
@@ -195,19 +289,29 @@ def main() -> None:
 @click.option("--exclude", multiple=True, metavar="NAME|OPTYPE", help="Node name or operator type kept in float (repeatable).")
 @click.option("--fixed-range", "fixed_range", multiple=True, type=_Pair("NAME=LO:HI", "NAME=LO:HI", _lo_hi),
               help="Fixed range for a tensor with physical meaning (repeatable).")
+@click.option("--cpu", type=click.Choice([t.value for t in Target]), default=Target.ANY.value, show_default=True,
+              help="Deployment CPU. 'any' and 'x86-avx2' raise the scale of weight channels whose codes could "
+                   "saturate the int16 pair sums of x86 CPUs without VNNI; 'x86-vnni' and 'arm' keep full "
+                   "8-bit weights.")
 @_data_options
 @_reported
 def calibrate(model, data, output, observations, method, method_for, percentile, symmetric, per_tensor_weights,
-              int16, all_int8, exclude, fixed_range, batch_size, limit, size, mean, std, layout, bgr, quiet, as_json) -> None:
+              int16, all_int8, exclude, fixed_range, cpu, batch_size, limit, size, mean, std, layout, bgr, quiet,
+              as_json) -> None:
     """Observe MODEL on --data once and write its scale table."""
-    options = CalibrationOptions(
+    from ptqcli import api
+
+    options = api.CalibrationOptions(
         method=method, method_for=tuple(method_for), percentile=percentile, symmetric=symmetric,
         per_channel=not per_tensor_weights, int16=tuple(int16), sensitive_int16=not all_int8,
         exclude=tuple(exclude),
-        fixed_ranges=tuple((n, lo, hi) for n, (lo, hi) in fixed_range))
+        fixed_ranges=tuple((n, lo, hi) for n, (lo, hi) in fixed_range), cpu=cpu)
+    silent = quiet or as_json
+    ranges = _progress("searching (auto)", silent, unit="steps") if method == "auto" else \
+        _progress("choosing ranges", silent, unit="scale groups")
     result = api.calibrate(model, data=data, output=output, observations=observations, options=options,
                            data_options=_data(batch_size, limit, size, mean, std, layout, bgr),
-                           progress=_progress("observing", quiet or as_json))
+                           progress=_progress("observing", silent), range_progress=ranges)
     table = result.table
     roles: dict[str, int] = {}
     for entry in table.tensors.values():
@@ -226,44 +330,52 @@ def calibrate(model, data, output, observations, method, method_for, percentile,
         click.echo(f"wrote {result.table_path} ({method}; {table.samples} samples; {parts}; nodes: {nodes})", err=True)
 
 
-@main.command()
+@main.command(short_help="Write the QDQ ONNX model a scale table describes.")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
 @click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
               help="Scale table written by ptq calibrate for this model.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
-              help="QDQ ONNX model to write.")
+              help="QDQ ONNX model to write (a model over 2 GiB keeps its weights in OUTPUT.data beside it).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
 @_reported
 def export(model, table_path, output, quiet) -> None:
     """Write MODEL as a QDQ ONNX model quantized with --table."""
+    from ptqcli import api
+
     api.export(model, table_path, output)
     if not quiet:
         click.echo(f"wrote {output}", err=True)
 
 
-@main.command()
+@main.command(short_help="Compare a quantized model with its float original.")
 @click.argument("float_model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
 @click.argument("quantized_model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
 @click.option("--data", required=True, type=click.Path(path_type=pathlib.Path), help="Folder of samples.")
 @click.option("--labels", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None,
               help="CSV of 'file,label' rows: report top-1 accuracy of both models.")
+@click.option("--reference", is_flag=True,
+              help="Run the quantized model with ONNX Runtime's graph optimizations off: the reference "
+                   "arithmetic (DequantizeLinear, float operator, QuantizeLinear) instead of this CPU's fused "
+                   "int8 kernels.")
 @_data_options
 @_reported
-def evaluate(float_model, quantized_model, data, labels, batch_size, limit, size, mean, std, layout, bgr,
+def evaluate(float_model, quantized_model, data, labels, reference, batch_size, limit, size, mean, std, layout, bgr,
              quiet, as_json) -> None:
     """Compare QUANTIZED_MODEL with FLOAT_MODEL on --data: SQNR, cosine, top-1 agreement, accuracy."""
-    from ptqcli.analysis.report import evaluation_report
+    from ptqcli import api
+    from ptqcli.analysis.report import EvaluationReport
 
-    result = evaluation_report(float_model, quantized_model, data, labels,
-                               _data(batch_size, limit, size, mean, std, layout, bgr),
-                               _progress("evaluating", quiet or as_json))
+    evaluation = api.evaluate(float_model, quantized_model, data, labels=labels, reference=reference,
+                              data_options=_data(batch_size, limit, size, mean, std, layout, bgr),
+                              progress=_progress("evaluating", quiet or as_json))
+    report = EvaluationReport(str(float_model), str(quantized_model), evaluation)
     if as_json:
-        _emit_json(result.as_json())
+        _emit_json(report.as_json())
     else:
-        click.echo(result.as_text())
+        click.echo(report.as_text())
 
 
-@main.command()
+@main.command(short_help="Run the integer simulator; compare with ONNX Runtime.")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
 @click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
               help="Scale table written by ptq calibrate for this model.")
@@ -274,10 +386,14 @@ def evaluate(float_model, quantized_model, data, labels, batch_size, limit, size
 @click.option("--requant", type=click.Choice(REQUANT), default="fixed", show_default=True,
               help="Requantization arithmetic: 'fixed' is an int32 multiplier and a rounding shift (integer "
                    "hardware); 'fp32' is a float32 factor as ONNX Runtime's CPU kernels and XNNPACK apply it.")
+@click.option("--cpu", type=click.Choice(SIM_CPUS), default="exact", show_default=True,
+              help="Accumulation: 'exact' int32 (x86 with VNNI, ARM, integer accelerators); 'x86-avx2' adds "
+                   "uint8 x int8 products in saturating int16 pairs as ONNX Runtime does on x86 CPUs without "
+                   "VNNI; 'native' is whichever of the two this machine's ONNX Runtime uses.")
 @_data_options
 @_reported
-def simulate(model, table_path, data, labels, per_layer, requant, batch_size, limit, size, mean, std, layout, bgr,
-             quiet, as_json) -> None:
+def simulate(model, table_path, data, labels, per_layer, requant, cpu, batch_size, limit, size, mean, std, layout,
+             bgr, quiet, as_json) -> None:
     """Run MODEL quantized with --table in the NumPy integer simulator on --data; compare it with
     float and with ONNX Runtime running the exported QDQ model."""
     from ptqcli.sim.report import simulation_report
@@ -285,14 +401,14 @@ def simulate(model, table_path, data, labels, per_layer, requant, batch_size, li
     options = _data(batch_size, limit, size, mean, std, layout, bgr)
     report = simulation_report(model, table_path, data, labels=labels, batch_size=options.batch_size,
                                limit=options.limit, image=options.image, per_layer=per_layer, requant=requant,
-                               progress=_progress("simulating", quiet or as_json))
+                               cpu=cpu, progress=_progress("simulating", quiet or as_json))
     if as_json:
         _emit_json(report.as_json())
     else:
         click.echo(report.as_text())
 
 
-@main.command()
+@main.command(short_help="Rank quantization points by the error each causes.")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=pathlib.Path))
 @click.option("--table", "table_path", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
               help="Scale table written by ptq calibrate for this model.")
@@ -304,15 +420,20 @@ def simulate(model, table_path, data, labels, per_layer, requant, batch_size, li
 def sensitivity(model, table_path, data, top, batch_size, limit, size, mean, std, layout, bgr, quiet, as_json) -> None:
     """Quantize one scale group (or one weight) of MODEL at a time and report the SQNR and cosine
     of the outputs against float: the most sensitive points first."""
+    from ptqcli import api
+    from ptqcli.analysis.metrics import finite_or_none
+
     result = api.sensitivity(model, table_path, data, _data(batch_size, limit or 16, size, mean, std, layout, bgr),
                              _progress("analysing", quiet or as_json, unit="quantization points"))
-    everything, ranked = result
+    everything = result.all_quantized
     if as_json:
-        _emit_json({"all_quantized": {"sqnr_db": finite_or_none(everything.sqnr_db), "cosine": everything.cosine},
+        _emit_json({"arithmetic": result.arithmetic,
+                    "all_quantized": {"sqnr_db": finite_or_none(everything.sqnr_db), "cosine": everything.cosine},
                     "points": [{"tensor": s.tensor, "role": s.role, "sqnr_db": finite_or_none(s.sqnr_db),
-                                "cosine": s.cosine} for s in ranked]})
+                                "cosine": s.cosine} for s in result.points]})
         return
+    click.echo(result.arithmetic)
     click.echo(f"all quantized: SQNR {everything.sqnr_db:.2f} dB, cosine {everything.cosine:.6f}")
     click.echo(f"{'SQNR dB':>8}  {'cosine':>8}  {'role':10}  tensor (only this one quantized)")
-    for s in ranked[:top]:
+    for s in result.points[:top]:
         click.echo(f"{s.sqnr_db:8.2f}  {s.cosine:8.6f}  {s.role:10}  {s.tensor}")

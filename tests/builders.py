@@ -25,7 +25,7 @@ def float_input(name: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def conv_net(rng: np.random.Generator) -> onnx.ModelProto:
+def conv_net(rng: np.random.Generator, opset: int = 13) -> onnx.ModelProto:
     """x[N,3,8,8] -> Conv -> BatchNorm -> Relu -> (Conv -> Relu | Conv 1x1) -> Concat -> MaxPool
     -> Add(residual with a third Conv) -> HardSwish written as x*Clip(x+3,0,6)/6 -> GAP -> Flatten -> Gemm."""
     f32 = np.float32
@@ -59,7 +59,7 @@ def conv_net(rng: np.random.Generator) -> onnx.ModelProto:
         helper.make_node("Gemm", ["flat", "wf", "bf"], ["y"], transB=1, name="fc"),
     ]
     return make_model(nodes, [float_input("x", ["N", 3, 8, 8])],
-                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits, opset)
 
 
 def write_npy_folder(folder: pathlib.Path, arrays) -> pathlib.Path:
@@ -67,3 +67,54 @@ def write_npy_folder(folder: pathlib.Path, arrays) -> pathlib.Path:
     for i, a in enumerate(arrays):
         np.save(folder / f"{i:04d}.npy", a)
     return folder
+
+
+def if_model(rng: np.random.Generator, *, main_conv: bool = False) -> onnx.ModelProto:
+    """x[1,3,8,8], flag[] (bool) -> If(flag) with a Conv in each branch (a voice-activity detector
+    keeps its compute in such branches); with ``main_conv``, a Conv in the main graph first."""
+    f32 = np.float32
+    first = "h" if main_conv else "x"
+    branches = []
+    for name in ("then", "else"):
+        conv = helper.make_node("Conv", [first, f"w_{name}"], [f"y_{name}"], pads=[1, 1, 1, 1], name=f"conv_{name}")
+        relu = helper.make_node("Relu", [f"y_{name}"], [f"r_{name}"], name=f"relu_{name}")
+        out = helper.make_tensor_value_info(f"r_{name}", TensorProto.FLOAT, [1, 4, 8, 8])
+        branches.append(helper.make_graph([conv, relu], name, [], [out]))
+    nodes = [helper.make_node("If", ["flag"], ["y"], then_branch=branches[0], else_branch=branches[1], name="if")]
+    inits = [("w_then", rng.normal(0, 0.3, (4, 3, 3, 3)).astype(f32)),
+             ("w_else", rng.normal(0, 0.3, (4, 3, 3, 3)).astype(f32))]
+    if main_conv:
+        nodes.insert(0, helper.make_node("Conv", ["x", "w_main"], ["h"], name="conv_main"))
+        inits.append(("w_main", rng.normal(0, 0.3, (3, 3, 1, 1)).astype(f32)))
+    inputs = [float_input("x", [1, 3, 8, 8]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])]
+    return make_model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+
+
+def qdq_relu_model() -> onnx.ModelProto:
+    """x -> QuantizeLinear -> DequantizeLinear -> Relu: an already quantized model."""
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dq"),
+             helper.make_node("Relu", ["dq"], ["y"], name="relu")]
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    return make_model(nodes, [float_input("x", ["N", 4])], [output],
+                      [("s", np.array(0.1, np.float32)), ("z", np.array(0, np.uint8))])
+
+
+def matmul_integer_model() -> onnx.ModelProto:
+    """x (uint8) MatMulInteger w (int8) -> Cast: quantized without a QDQ pair."""
+    nodes = [helper.make_node("MatMulInteger", ["x", "w"], ["acc"], name="mmi"),
+             helper.make_node("Cast", ["acc"], ["y"], to=TensorProto.FLOAT, name="cast")]
+    return make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 4])],
+                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                      [("w", np.ones((4, 3), np.int8))])
+
+
+def detector_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv(6 channels) -> [N, 64 boxes, 6]: a detector-like output, not class scores."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+             helper.make_node("Reshape", ["c", "shape"], ["flat"], name="reshape"),
+             helper.make_node("Transpose", ["flat"], ["boxes"], perm=[0, 2, 1], name="transpose")]
+    return make_model(nodes, [float_input("x", ["N", 3, 8, 8])],
+                      [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 64, 6])],
+                      [("w", rng.normal(0, 0.3, (6, 3, 1, 1)).astype(np.float32)),
+                       ("b", rng.normal(0, 0.1, 6).astype(np.float32)), ("shape", np.array([0, 6, -1], np.int64))])

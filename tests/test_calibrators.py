@@ -5,6 +5,7 @@ from scipy import stats
 import calibrators
 from calibrators import RangeSpec
 from calibrators import histogram as H
+from calibrators import kl
 from calibrators.kl import divergences, kl_range
 from calibrators.max import max_range
 from calibrators.mse import expected_errors, mse_range
@@ -99,6 +100,61 @@ def test_kl_vectorized_equals_the_candidate_loop(rng, levels):
     cuts, kl = divergences(bins, levels)
     assert np.allclose(kl, _kl_reference(bins, levels), rtol=1e-9, atol=1e-12)
     assert cuts[0] == levels and cuts[-1] == len(bins)
+
+
+def _tensorrt_threshold(bins, levels, bin_width):
+    """TensorRT's pick, as its GTC 2017 description and MXNet/ONNX Runtime code make it, one cut
+    at a time: P = bins[:i] with the clipped mass in its last bin; Q = ``levels`` groups of
+    ``i // levels`` bins (the last takes the rest), each group's mass spread over its bins that
+    are non-zero in P; both smoothed; the cut ``i`` of least KL(P || Q) gives the threshold at
+    the upper edge of bin ``i - 1`` (MXNet's and ONNX Runtime's convention; the slides' ``(i +
+    0.5)`` bin widths is half a bin higher)."""
+    def smooth(p, eps=1e-4):
+        zeros, nonzeros = p == 0, p != 0
+        return p + eps * zeros - eps * zeros.sum() / nonzeros.sum() * nonzeros
+
+    best, best_kl = None, np.inf
+    for i in range(levels, len(bins) + 1):
+        p = bins[:i].copy()
+        p[-1] += bins[i:].sum()
+        starts = np.arange(levels) * (i // levels)
+        sizes = np.diff(np.append(starts, i))
+        mass = np.add.reduceat(bins[:i], starts)
+        nonzero = np.add.reduceat((p != 0).astype(np.float64), starts)
+        q = np.repeat(np.divide(mass, nonzero, out=np.zeros(levels), where=nonzero > 0), sizes)
+        q[p == 0] = 0
+        p, q = smooth(p), smooth(q)
+        p, q = p / p.sum(), q / q.sum()
+        divergence = float(np.sum(p * np.log(p / q)))  # smoothing left no zeros
+        if divergence < best_kl:
+            best, best_kl = i, divergence
+    return best * bin_width
+
+
+def _fixed_histograms():
+    """2,048-bin magnitude histograms of fixed draws (bin 0 set to bin 1, so that the spike rule
+    for exact zeros, which TensorRT lacks, has nothing to change)."""
+    rng = np.random.default_rng(2017)
+    draws = {
+        "laplace": np.abs(rng.laplace(size=400_000)),
+        "gauss with outliers": np.abs(np.concatenate([rng.normal(size=400_000), rng.normal(0, 12, 40)])),
+        "relu of a mixture": np.maximum(np.concatenate([rng.normal(1, 1, 300_000), rng.gamma(2, 2, 100_000)]), 0),
+    }
+    for name, x in draws.items():
+        counts = np.histogram(x, bins=kl.N_BINS, range=(0.0, float(x.max())))[0].astype(np.float64)
+        counts[0] = counts[1]
+        yield name, counts
+
+
+@pytest.mark.parametrize("name, counts", list(_fixed_histograms()), ids=lambda v: v if isinstance(v, str) else "")
+def test_kl_threshold_equals_an_independent_tensorrt_implementation(name, counts):
+    levels = 128  # int8: 127 steps above zero, as TensorRT
+    # bin width 1: the re-binning onto 2,048 bins is then exact, and thresholds compare as bin edges
+    want = _tensorrt_threshold(counts, levels, 1.0)
+    kept = counts[:int(want)].sum() / counts.sum()
+    assert kept >= kl.MIN_KEPT  # our guard against collapsed ranges has nothing to change here
+    assert 128 < want < kl.N_BINS  # a real clip, not a boundary of the search
+    assert kl._threshold(counts, 1.0, float(kl.N_BINS), levels) == want
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

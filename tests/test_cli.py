@@ -1,35 +1,9 @@
 """The ptq command through click's CliRunner: exit codes, one-line errors, no partial outputs."""
 
 import json
-import shutil
 
 import numpy as np
-import pytest
-from click.testing import CliRunner
-
-from ptqcli.cli import main
-
-
-def run(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    return result.exit_code, result.output
-
-
-def one_line_error(output: str) -> str:
-    """The error is a single line (progress lines on stderr may precede it), never a traceback."""
-    errors = [ln for ln in output.splitlines() if ln.startswith("Error: ")]
-    assert len(errors) == 1 and "Traceback" not in output, output
-    assert output.rstrip().endswith(errors[0])
-    return errors[0]
-
-
-@pytest.fixture()
-def small_calib(tmp_path, calib_dir):
-    folder = tmp_path / "calib"
-    folder.mkdir()
-    for f in sorted(calib_dir.glob("*.npy"))[:16]:
-        shutil.copy(f, folder / f.name)
-    return folder
+from conftest import one_line_error, run
 
 
 def test_calibrate_export_evaluate_json(tmp_path, cnn_model, small_calib, eval_dir):
@@ -107,13 +81,6 @@ def test_bad_usage_exits_2(tmp_path, cnn_model, small_calib):
     code, out = run("calibrate", cnn_model, "--data", small_calib, "-o", tmp_path / "nodir" / "t.json")
     assert code == 2 and "does not exist" in one_line_error(out)
     assert list(tmp_path.glob("t.*")) == []
-
-
-def test_version_and_help():
-    code, out = run("--version")
-    assert code == 0 and out.startswith("ptq, version")
-    code, out = run("calibrate", "--help")
-    assert code == 0 and "--fixed-range" in out and "--int16" in out
 
 
 def test_sensitivity_command(tmp_path, cnn_model, small_calib):

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import SAMPLES
 from fakequant import fake_quant
 
 from ptqcli import api
@@ -14,7 +15,9 @@ from ptqcli.errors import OptionError
 from ptqcli.graph import prepare
 from ptqcli.observe.dataset import list_samples
 from ptqcli.quantize import scale_table
+from ptqcli.quantize.autosearch import spread
 from ptqcli.quantize.decide import CalibrationOptions
+from ptqcli.sim import simulate
 
 METHODS = ["max", "percentile", "kl", "mse"]
 
@@ -66,10 +69,13 @@ def test_exported_model_matches_numpy_fake_quant_reference(cnn_tables, cnn_model
     plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     unfused = ort.InferenceSession(str(qdq), plain, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
     assert np.allclose(unfused, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
-    # with its graph optimizations ONNX Runtime fuses Q/DQ into integer kernels: same codes, float noise
+    # With its graph optimizations ONNX Runtime runs fused integer kernels, which requantize with
+    # float32 factors (a tie of the reference can round the other way) and, on x86 without VNNI,
+    # add products in int16 pairs: the simulator models both ("native": this machine's kernels).
     fused = ort.InferenceSession(str(qdq), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
-    assert np.abs(fused - want).max() <= 1e-3 * np.abs(want).max()
-    assert np.array_equal(fused.argmax(1), want.argmax(1))
+    sim = simulate(prepared, table, {"image": x}, requant="fp32", cpu="native").tensors["logits"].values
+    assert np.abs(fused - sim).max() <= 1e-5 * np.abs(sim).max()
+    assert np.mean(fused.argmax(1) == want.argmax(1)) >= 0.95
 
 
 def test_table_is_byte_identical_across_runs_batch_sizes_and_file_order(tmp_path, cnn_model, calib_dir):
@@ -127,22 +133,43 @@ def test_int16_exclude_and_fixed_range_options(tmp_path, cnn_model, calib_dir, e
     assert accuracy(qdq, eval_dir) >= accuracy(cnn_model, eval_dir) - 0.01
 
 
-def test_auto_search_never_scores_below_the_best_single_method(tmp_path, cnn_model, calib_dir):
+def output_sqnr_db(model_path, x) -> float:
+    """SQNR of ``model_path``'s first output against the float model's, both run by ONNX Runtime
+    here: a measurement independent of the search's own scoring code."""
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+
+    ref = run(SAMPLES / "digits_cnn.onnx").astype(np.float64)
+    noise = ((ref - run(model_path).astype(np.float64)) ** 2).sum()
+    return float(10 * np.log10((ref ** 2).sum() / noise))
+
+
+def test_auto_search_beats_every_single_method_when_rescored_independently(tmp_path, cnn_model, calib_dir):
     r = api.calibrate(cnn_model, data=calib_dir, output=tmp_path / "auto.json",
                       options=CalibrationOptions(method="auto"))
     auto = r.table.options["auto"]
-    singles = {m: v for m, v in auto["output_sqnr_db"].items() if m != "chosen"}
-    assert set(singles) == {"max", "percentile", "kl", "mse"}
-    assert auto["best_method"] == max(singles, key=singles.get)
-    assert auto["output_sqnr_db"]["chosen"] >= max(singles.values())
     assert r.table.options["method"] == "auto"
     methods = {e.method for e in r.table.tensors.values() if e.role == "activation"}
     assert auto["best_method"] in methods and methods <= {"max", "percentile", "kl", "mse"}
     for tensor, method in auto["switched"].items():
         assert r.table.tensors[tensor].method == method
+    # Export the final table and each single method's table, run them on the samples the search
+    # scored on, and measure: the search must have found a table at least as good as the best
+    # single method, and what it reports must be what the exported model does.
+    x = np.concatenate([np.load(f) for f in spread(list_samples(calib_dir))])
+    measured = {}
+    for method in METHODS:
+        single = api.calibrate(cnn_model, observations=r.observations_path, output=tmp_path / f"{method}.json",
+                               options=CalibrationOptions(method=method))
+        measured[method] = output_sqnr_db(api.export(cnn_model, single.table_path, tmp_path / f"{method}.onnx"), x)
+    measured["auto"] = output_sqnr_db(api.export(cnn_model, r.table_path, tmp_path / "auto.onnx"), x)
+    best = max(METHODS, key=measured.get)
+    assert measured["auto"] >= measured[best], measured
+    assert abs(measured["auto"] - auto["output_sqnr_db"]["chosen"]) < 0.1, (measured, auto)
+    assert abs(measured[auto["best_method"]] - measured[best]) < 0.2, (measured, auto)
     again = api.calibrate(cnn_model, data=calib_dir, output=tmp_path / "again.json",
                           options=CalibrationOptions(method="auto"))
     assert again.table_path.read_bytes() == r.table_path.read_bytes()
-    with pytest.raises(OptionError, match="give --data too"):
+    with pytest.raises(OptionError, match="^method 'auto' scores candidate tables on calibration samples"):
         api.calibrate(cnn_model, observations=r.observations_path, output=tmp_path / "x.json",
                       options=CalibrationOptions(method="auto"))

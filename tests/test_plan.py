@@ -3,7 +3,7 @@ import pytest
 from builders import conv_net, float_input, make_model, save
 from onnx import TensorProto, helper
 
-from ptqcli.errors import OptionError
+from ptqcli.errors import OptionError, UnsupportedError
 from ptqcli.graph import prepare
 from ptqcli.quantize.decide import CalibrationOptions, decide
 from ptqcli.quantize.plan import analyse
@@ -103,11 +103,13 @@ def test_exclusion_int16_and_option_errors(conv_prepared):
     # with the Gemm in float, the HardSwish table and the pooling after the residual Add feed only
     # float nodes, so they run in float too (a quantization point there would be pure loss)
     assert "hs_add" not in d.precision and "gap" not in d.precision
-    with pytest.raises(OptionError, match="--exclude 'Nope': no node or operator type"):
+    # called from Python, the errors name the keyword; the CLI spells the same error as its flag
+    with pytest.raises(OptionError, match="^exclude 'Nope': no node or operator type") as caught:
         decide(conv_prepared, CalibrationOptions(exclude=("Nope",)))
-    with pytest.raises(OptionError, match="--int16 'zz': not a quantized tensor or node"):
+    assert caught.value.spelled(lambda name: "--" + name).startswith("--exclude 'Nope': no node")
+    with pytest.raises(OptionError, match="^int16 'zz': not a quantized tensor or node"):
         decide(conv_prepared, CalibrationOptions(int16=("zz",)))
-    with pytest.raises(OptionError, match="--fixed-range 'w4': not a quantized activation"):
+    with pytest.raises(OptionError, match="^fixed_ranges 'w4': not a quantized activation"):
         decide(conv_prepared, CalibrationOptions(fixed_ranges=(("w4", -1.0, 1.0),)))
 
 
@@ -115,8 +117,9 @@ def test_model_without_anything_to_quantize(tmp_path):
     model = make_model([helper.make_node("Shape", ["x"], ["s"], name="shape")], [float_input("x", [2, 3])],
                        [helper.make_tensor_value_info("s", TensorProto.INT64, [2])])
     prepared = prepare(save(model, tmp_path / "shape.onnx"))
-    with pytest.raises(OptionError, match="nothing to quantize"):
+    with pytest.raises(UnsupportedError, match="nothing to quantize") as caught:
         decide(prepared, CalibrationOptions())
+    assert caught.value.exit_code == 1  # a model problem, not bad usage (exit code 2)
 
 
 def test_softmax_and_layernorm_default_to_16_bits(transformer_model):

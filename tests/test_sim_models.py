@@ -73,12 +73,18 @@ def test_cli_simulate_text_and_json(cnn_model, tables, eval_dir):
     assert "within 1" in text.output and "float fallbacks: none" in text.output
     assert "first tensor more than 1 code from ORT QDQ" in text.output
     assert "on ORT's own inputs" in text.output
-    as_json = runner.invoke(main, args + ["--json"])
+    as_json = runner.invoke(main, args + ["--json", "--per-layer"])
     assert as_json.exit_code == 0, as_json.output
     doc = json.loads(as_json.output)
     assert doc["samples"] == 40 and doc["fallbacks"] == [] and doc["output_codes_within_1"] >= 0.99
-    assert "first_local_difference" in doc
     assert set(doc["accuracy"]) == {"float", "ort", "sim"}
+    # the reported first local difference is the first layer, in graph order, whose kernel fed
+    # ORT's own input codes does not reproduce ORT's codes
+    local = [layer for layer in doc["layers"] if layer.get("local_equal") is not None]
+    assert len(local) >= 10
+    assert doc["first_local_difference"] == next((lay["name"] for lay in local if lay["local_equal"] < 1.0), None)
+    first = doc["first_local_difference"] or "none"
+    assert f"first tensor whose kernel differs from ORT on ORT's own inputs: {first}" in text.output
 
 
 def test_cli_simulate_fp32_gives_onnx_runtimes_codes(cnn_model, tables, eval_dir):
@@ -90,7 +96,9 @@ def test_cli_simulate_fp32_gives_onnx_runtimes_codes(cnn_model, tables, eval_dir
     doc = json.loads(result.output)
     assert doc["requant"] == "fp32"
     assert doc["first_local_difference"] is None
-    assert all(layer["codes_equal"] == 1.0 for layer in doc["layers"] if "codes_equal" in layer)
+    compared = [layer for layer in doc["layers"] if layer.get("codes_equal") is not None]
+    assert len(compared) == len(doc["layers"]) >= 12  # every quantized tensor of the sample CNN
+    assert all(layer["codes_equal"] == 1.0 for layer in compared)
 
 
 def test_cli_simulate_refuses_a_table_of_another_model(transformer_model, tables, eval_dir):
@@ -98,3 +106,12 @@ def test_cli_simulate_refuses_a_table_of_another_model(transformer_model, tables
                                        "--data", str(eval_dir), "--limit", "4"])
     assert result.exit_code == 1
     assert "made for another model" in result.output
+
+
+def test_nothing_compared_is_no_agreement():
+    from ptqcli.sim.compare import Codes
+
+    empty = Codes()
+    assert empty.equal_fraction is None and empty.within1_fraction is None
+    one = empty.add(np.array([3, 4], np.uint8), np.array([3, 6], np.uint8))
+    assert (one.equal_fraction, one.within1_fraction, one.max_diff) == (0.5, 0.5, 2)

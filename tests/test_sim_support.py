@@ -73,8 +73,13 @@ def weight_table(p: Prepared, weight: str, axis: int | None, x: QuantParams, bia
     return out
 
 
-def run_float(m: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """The float model in ONNX Runtime (the ONNX reference evaluator lacks grouped ConvTranspose)."""
+def run_float(m: onnx.ModelProto, feeds: dict[str, np.ndarray], engine: str = "ort") -> list[np.ndarray]:
+    """The float model in ONNX Runtime (``engine="ort"``) or in ONNX's reference evaluator
+    (``"onnx"``: ``onnx.reference``, a second implementation written from the specification)."""
+    if engine == "onnx":
+        from onnx.reference import ReferenceEvaluator
+
+        return [np.asarray(y) for y in ReferenceEvaluator(m).run(None, feeds)]
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -91,9 +96,9 @@ def _node_model(p: Prepared, node: onnx.NodeProto, values: dict[str, np.ndarray]
     return helper.make_model(graph, opset_imports=list(p.model.opset_import))
 
 
-def reference(p: Prepared, t: ScaleTable, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def reference(p: Prepared, t: ScaleTable, feeds: dict[str, np.ndarray], engine: str = "ort") -> dict[str, np.ndarray]:
     """Fake-quant float reference: every tabled tensor replaced by dequantize(quantize(x)), each
-    node run alone in float32 (group intermediates stay float)."""
+    node run alone in float32 by ``engine`` (see ``run_float``; group intermediates stay float)."""
     index = p.index
     values: dict[str, np.ndarray] = {}
 
@@ -109,7 +114,7 @@ def reference(p: Prepared, t: ScaleTable, feeds: dict[str, np.ndarray]) -> dict[
     for name, value in feeds.items():
         store(name, np.asarray(value))
     for node in index.nodes:
-        outs = run_float(_node_model(p, node, values), {n: values[n] for n in node.input if n})
+        outs = run_float(_node_model(p, node, values), {n: values[n] for n in node.input if n}, engine)
         for name, value in zip(node.output, outs):
             store(name, np.asarray(value))
     return values

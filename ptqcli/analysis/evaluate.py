@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ptqcli import runtime
-from ptqcli.analysis.metrics import Agreement, top1
+from ptqcli.analysis.metrics import Agreement, class_scores, top1
 from ptqcli.errors import DataError
 from ptqcli.graph import InputSpec
 from ptqcli.observe.dataset import ImageSpec, batches
@@ -24,6 +24,7 @@ class Evaluation:
     samples: int
     top1_agreement: float | None = None
     accuracy: dict[str, float] = field(default_factory=dict)  # "float" / "quantized" -> accuracy
+    arithmetic: str = ""  # what ONNX Runtime computed the quantized model with (``describe_run``)
 
 
 def read_labels(path: str | pathlib.Path) -> dict[str, int]:
@@ -49,10 +50,20 @@ def read_labels(path: str | pathlib.Path) -> dict[str, int]:
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
-def ort_runner(model_path: str | pathlib.Path) -> tuple[Runner, list[str]]:
-    session = runtime.session(model_path)
+def ort_runner(model_path: str | pathlib.Path,
+               optimization: runtime.Optimization = runtime.Optimization.ALL) -> tuple[Runner, list[str]]:
+    session = runtime.session(model_path, optimization=optimization)
     names = [o.name for o in session.get_outputs()]
     return (lambda feeds: session.run(names, feeds)), names
+
+
+def describe_run(optimization: runtime.Optimization) -> str:
+    """What ONNX Runtime computes a QDQ model with at ``optimization``, on this machine."""
+    if optimization is runtime.Optimization.ALL:
+        return "this CPU's fused int8 kernels: " + runtime.int8_arithmetic().describe().removeprefix(
+            "ONNX Runtime's fused int8 kernels ")
+    return "the reference arithmetic (graph optimizations off: DequantizeLinear, the float operator, " \
+           "QuantizeLinear)"
 
 
 def evaluate(reference: Runner, candidate: Runner, output_names: Sequence[str], files: Sequence[pathlib.Path],
@@ -65,11 +76,13 @@ def evaluate(reference: Runner, candidate: Runner, output_names: Sequence[str], 
             raise DataError(f"no label for sample {missing[0]!r} (and {len(missing) - 1} more)")
     sums = {name: Agreement() for name in output_names}
     agree = correct_ref = correct_q = samples = 0
+    classified = False
     for batch in batches(files, inputs, batch_size=batch_size, image=image):
         ref, got = reference(batch.feeds), candidate(batch.feeds)
         for name, r, g in zip(output_names, ref, got):
             sums[name] = sums[name].add(r, g)
-        if np.ndim(ref[0]) >= 2 and len(ref[0]) == batch.count:
+        if class_scores(ref[0], batch.count):
+            classified = True
             pr, pq = top1(ref[0]), top1(got[0])
             agree += int((pr == pq).sum())
             if labels is not None:
@@ -80,6 +93,7 @@ def evaluate(reference: Runner, candidate: Runner, output_names: Sequence[str], 
         samples += batch.count
         if progress is not None:
             progress(batch.count)
-    has_top1 = np.ndim(ref[0]) >= 2 if samples else False
-    accuracy = {"float": correct_ref / samples, "quantized": correct_q / samples} if labels is not None and samples else {}
-    return Evaluation(sums, samples, agree / samples if has_top1 and samples else None, accuracy)
+    classified = classified and samples > 0
+    accuracy = {"float": correct_ref / samples, "quantized": correct_q / samples} \
+        if labels is not None and classified else {}
+    return Evaluation(sums, samples, agree / samples if classified else None, accuracy)

@@ -46,6 +46,13 @@ class Agreement:
         return self.noise / self.count if self.count else 0.0
 
 
+def class_scores(output: np.ndarray, count: int) -> bool:
+    """Whether ``output`` holds one row of class scores for each of ``count`` samples
+    (``[N, classes]``, two classes or more): the only shape where a top-1 class means something
+    (not a detector's ``[1, boxes, 6]``, not a regression's ``[N, 1]``)."""
+    return np.ndim(output) == 2 and len(output) == count and np.shape(output)[1] > 1
+
+
 def top1(logits: np.ndarray) -> np.ndarray:
     """Class index per sample for a ``[N, classes]`` output (the last axis holds the classes)."""
     return np.asarray(logits).reshape(len(logits), -1).argmax(axis=1)

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import pathlib
 from dataclasses import dataclass
 
-from ptqcli import api
-from ptqcli.analysis.evaluate import Evaluation, evaluate, ort_runner, read_labels
+from ptqcli.analysis.evaluate import Evaluation
 from ptqcli.analysis.metrics import finite_or_none
-from ptqcli.graph import input_specs, load
-from ptqcli.observe.dataset import list_samples
 
 
 @dataclass(frozen=True)
@@ -25,11 +21,14 @@ class EvaluationReport:
             "outputs": {name: {"sqnr_db": finite_or_none(a.sqnr_db), "cosine": a.cosine, "mse": a.mse}
                         for name, a in ev.outputs.items()},
             "top1_agreement": ev.top1_agreement, "accuracy": ev.accuracy or None,
+            "ort_arithmetic": ev.arithmetic,
         }
 
     def as_text(self) -> str:
         ev = self.evaluation
         lines = [f"{ev.samples} samples: {self.float_model} (float) vs {self.quantized_model}"]
+        if ev.arithmetic:
+            lines.append(f"  ONNX Runtime ran {ev.arithmetic}")
         for name, a in ev.outputs.items():
             lines.append(f"  output {name}: SQNR {a.sqnr_db:.2f} dB, cosine {a.cosine:.6f}")
         if ev.top1_agreement is not None:
@@ -38,17 +37,3 @@ class EvaluationReport:
             lines.append(f"  accuracy: float {ev.accuracy['float'] * 100:.2f} %, "
                          f"quantized {ev.accuracy['quantized'] * 100:.2f} %")
         return "\n".join(lines)
-
-
-def evaluation_report(float_model: pathlib.Path, quantized_model: pathlib.Path, data: pathlib.Path,
-                      labels: pathlib.Path | None, data_options: api.DataOptions,
-                      progress: api.ProgressFactory) -> EvaluationReport:
-    inputs = input_specs(load(float_model))
-    load(quantized_model)
-    files = list_samples(data, limit=data_options.limit)
-    ref, names = ort_runner(float_model)
-    cand, _ = ort_runner(quantized_model)
-    with progress(len(files)) as update:
-        ev = evaluate(ref, cand, names, files, inputs, labels=read_labels(labels) if labels else None,
-                      batch_size=data_options.batch_size, image=data_options.image, progress=update)
-    return EvaluationReport(str(float_model), str(quantized_model), ev)

@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ptqcli import runtime
 from ptqcli.analysis.metrics import Agreement
+from ptqcli.export.qdq import float_copy
 from ptqcli.graph import Prepared
 from ptqcli.quantize.qparams import NUMPY
 from ptqcli.quantize.scale_table import ScaleTable
@@ -36,9 +37,9 @@ class Switchable:
 
 
 def switchable_model(prepared: Prepared, table: ScaleTable) -> Switchable:
-    """The prepared model with a switched fake-quant point on every tensor of ``table``."""
-    model = onnx.ModelProto()
-    model.CopyFrom(prepared.model)
+    """The prepared model with a switched fake-quant point on every tensor of ``table``, at the
+    opset the export would use (int16 QuantizeLinear needs opset 21)."""
+    model = float_copy(prepared, table)
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     switch: dict[str, str] = {}
@@ -73,7 +74,7 @@ def switchable_model(prepared: Prepared, table: ScaleTable) -> Switchable:
             renamed[inp] = inp + "::switched"
             front.extend(point(inp, renamed[inp], inp))
     nodes = list(front)
-    for node in prepared.model.graph.node:
+    for node in list(graph.node):
         n = onnx.NodeProto()
         n.CopyFrom(node)
         for i, name in enumerate(n.input):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from typing import Callable
 
 import numpy as np
@@ -25,6 +24,7 @@ from onnx import helper, numpy_helper
 
 from ptqcli import __version__
 from ptqcli.errors import ModelError, TableError
+from ptqcli.files import staged, write_atomic
 from ptqcli.graph import Prepared, opset
 from ptqcli.quantize.qparams import NUMPY, QuantParams, quantize, quantize_bias
 from ptqcli.quantize.scale_table import ScaleTable
@@ -42,6 +42,26 @@ def check_table(prepared: Prepared, table: ScaleTable, table_path: str | os.Path
     for name in table.tensors:
         if name not in index.producer and name not in index.initializers and name not in index.input_names:
             raise TableError(f"{table_path}: tensor {name!r} is not in {prepared.source.name}")
+    check_params(prepared, table, table_path)
+
+
+def check_params(prepared: Prepared, table: ScaleTable, where: str | os.PathLike) -> None:
+    """Refuse parameters that do not fit their tensor's shape: an axis beyond its rank, or a
+    per-channel list whose length is not the channel count (a hand-edited table, say)."""
+    index = prepared.index
+    for name, entry in sorted(table.tensors.items()):
+        p = entry.params
+        if p.axis is None:
+            continue
+        shape = tuple(index.initializers[name].dims) if name in index.initializers else index.shape.get(name)
+        if shape is None:
+            continue
+        if not -len(shape) <= p.axis < len(shape):
+            raise TableError(f"{where}: tensor {name!r} has axis {p.axis}, but rank {len(shape)}")
+        channels = shape[p.axis]
+        if isinstance(channels, int) and channels != len(p.scale):
+            raise TableError(f"{where}: tensor {name!r} has {len(p.scale)} scales and zero points, but "
+                             f"{channels} channels along axis {p.axis}")
 
 
 class _Names:
@@ -146,27 +166,86 @@ def float_copy(prepared: Prepared, table: ScaleTable) -> onnx.ModelProto:
     return model
 
 
+#: Protocol Buffers cannot serialize a message of 2 GiB or more: a larger model keeps its
+#: initializers in a separate file ("external data", ONNX's format for large models).
+PROTOBUF_LIMIT = 2 ** 31 - 1
+#: Initializers smaller than this stay inside the model file when the rest goes outside.
+EXTERNAL_MIN_BYTES = 1024
+
+
 def export(prepared: Prepared, table: ScaleTable) -> onnx.ModelProto:
-    """The QDQ model for ``prepared`` quantized with ``table`` (checked by ``check_table``)."""
+    """The QDQ model for ``prepared`` quantized with ``table`` (checked by ``check_table``).
+
+    A model too large to serialize is checked from its files by ``save`` instead."""
     model = insert_qdq(float_copy(prepared, table), table)
     model.producer_name, model.producer_version = "ptq", __version__
+    if model.ByteSize() > PROTOBUF_LIMIT:
+        return model
     model = onnx.shape_inference.infer_shapes(model)
+    _check(model)
+    return model
+
+
+def _check(model: onnx.ModelProto | str) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         raise ModelError(f"the exported model fails onnx.checker ({str(exc).splitlines()[0]})") from None
+
+
+def data_path(path: str | os.PathLike) -> pathlib.Path:
+    """Where ``save`` puts the external data of a model written to ``path``."""
+    path = pathlib.Path(path)
+    return path.with_name(path.name + ".data")
+
+
+def _move_out(model: onnx.ModelProto) -> list[bytes]:
+    """Mark every initializer of at least ``EXTERNAL_MIN_BYTES`` as external data (in place;
+    ``_locate`` says where) and return their bytes, in file order."""
+    chunks: list[bytes] = []
+    offset = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.raw_data) < EXTERNAL_MIN_BYTES:
+            continue
+        data = tensor.raw_data
+        del tensor.external_data[:]
+        for key, value in (("location", ""), ("offset", str(offset)), ("length", str(len(data)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        tensor.ClearField("raw_data")
+        chunks.append(data)
+        offset += len(data)
+    return chunks
+
+
+def _locate(model: onnx.ModelProto, location: str) -> onnx.ModelProto:
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
     return model
 
 
-def save(model: onnx.ModelProto, path: str | os.PathLike) -> None:
-    """Write atomically: temporary file beside ``path``, then rename."""
+def save(model: onnx.ModelProto, path: str | os.PathLike, *, limit: int | None = None) -> list[pathlib.Path]:
+    """Write ``model`` to ``path`` atomically (see ``ptqcli.files``).
+
+    A model larger than ``limit`` bytes (default ``PROTOBUF_LIMIT``) keeps its initializers in
+    ``data_path(path)`` beside it: both files are written under temporary names, the model is
+    checked from them, then the data file is renamed into place before the model file.  The
+    large initializers of ``model`` are left pointing at the data file (a copy would double the
+    memory of a model that size).  Returns the files written."""
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    chunks = _move_out(model) if model.ByteSize() > (PROTOBUF_LIMIT if limit is None else limit) else []
+    if not chunks:
+        write_atomic(path, lambda f: f.write(model.SerializeToString()))
+        return [path]
+    data = data_path(path)
+    with staged(data, path) as (tmp_data, tmp_model):
+        with open(tmp_data, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+        tmp_model.write_bytes(_locate(model, tmp_data.name).SerializeToString())
+        _check(str(tmp_model))
+        tmp_model.write_bytes(_locate(model, data.name).SerializeToString())
+    return [data, path]

@@ -17,11 +17,14 @@ The result is deterministic for a given model and onnx/onnxruntime version; its 
 """
 from __future__ import annotations
 
+import collections
 import hashlib
+import itertools
 import os
 import pathlib
 import tempfile
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 import onnx
 
@@ -98,6 +101,57 @@ def _tidy(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+#: Operators that only a quantized model holds: QDQ pairs, ONNX's integer operators and ONNX
+#: Runtime's quantized contrib operators (by name prefix: QLinearConv, DynamicQuantizeLSTM, ...).
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "ConvInteger", "MatMulInteger", "QGemm", "QAttention"}
+QUANTIZED_PREFIXES = ("QLinear", "DynamicQuantize")
+
+#: Operators named when a subgraph holds them: the ones that carry a model's compute.
+HEAVY_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN", "Attention")
+
+
+def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def _nested(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node inside the subgraphs (If branches, Loop and Scan bodies) of ``graph``'s nodes."""
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            yield from sub.node
+            yield from _nested(sub)
+
+
+def _counted(nodes: Iterable[onnx.NodeProto], keep: Callable[[str], bool]) -> str:
+    counts = collections.Counter(n.op_type for n in nodes if keep(n.op_type))
+    return ", ".join(f"{n} {op}" for op, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def subgraph_note(model: onnx.ModelProto) -> str:
+    """How many nodes sit in subgraphs, which ptq leaves in float (``""`` if none)."""
+    nested = list(_nested(model.graph))
+    if not nested:
+        return ""
+    owning = [n for n in model.graph.node if any(True for _ in _subgraphs(n))]
+    owners = _counted(owning, lambda op: True)
+    heavy = _counted(nested, lambda op: op in HEAVY_OPS)
+    return (f"{len(nested)} nodes sit inside the subgraphs of {owners} node{'s' if len(owning) > 1 else ''}"
+            f"{f' ({heavy} among them)' if heavy else ''}, and ptq does not quantize subgraphs yet")
+
+
+def _refuse_quantized(model: onnx.ModelProto, path: pathlib.Path) -> None:
+    def quantized(op: str) -> bool:
+        return op in QUANTIZED_OPS or op.startswith(QUANTIZED_PREFIXES)
+
+    found = _counted(itertools.chain(model.graph.node, _nested(model.graph)), quantized)
+    if found:
+        raise ModelError(f"{path}: the model is already quantized ({found}); give ptq the float model")
+
+
 def fingerprint(model: onnx.ModelProto) -> str:
     return "sha256:" + hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
 
@@ -106,6 +160,7 @@ def prepare(path: str | os.PathLike) -> Prepared:
     """Load ``path`` and return the prepared float model (see module docstring)."""
     path = pathlib.Path(path)
     model = load(path)
+    _refuse_quantized(model, path)
     if opset(model) < MIN_OPSET:
         model = _raise_opset(model, path, MIN_OPSET)
     model = _tidy(fold(_ort_basic(model, path)))

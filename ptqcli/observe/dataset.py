@@ -15,13 +15,15 @@ kind (values are cast within a kind), and float data must be finite.  Other file
 
 from __future__ import annotations
 
+import logging
+import math
 import pathlib
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from ptqcli.errors import DataError, OptionError
+from ptqcli.errors import DataError, Option, OptionError
 from ptqcli.graph import InputSpec
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".pb")
@@ -29,6 +31,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SUFFIXES = ARRAY_SUFFIXES + IMAGE_SUFFIXES
 
 Feed = dict[str, np.ndarray]
+
+log = logging.getLogger("ptq")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,18 @@ class ImageSpec:
     layout: str = "NCHW"
     bgr: bool = False
 
+    def __post_init__(self) -> None:
+        # Checked here, before any sample is read: a zero std would turn every pixel into inf/NaN.
+        if self.size is not None and (len(self.size) != 2 or min(self.size) < 1):
+            raise OptionError(Option("size"), f" must be two positive sizes (height, width), got {self.size!r}")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if not values or not all(math.isfinite(v) for v in values):
+                raise OptionError(Option(name), f" must be finite numbers, got {values!r}")
+        if any(v == 0 for v in self.std):
+            raise OptionError(Option("std"), f" must not contain 0 (pixels are divided by it), got {self.std!r}")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise OptionError(Option("layout"), f" must be NCHW or NHWC, got {self.layout!r}")
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -57,18 +73,67 @@ class Batch:
 
 
 def list_samples(folder: str | pathlib.Path, *, limit: int | None = None) -> list[pathlib.Path]:
-    """The sample files of ``folder`` in sorted order (the first ``limit`` of them)."""
+    """The sample files of ``folder`` in sorted order (the first ``limit`` of them).
+
+    Hidden files (names starting with ``.``, such as the ``._0001.npy`` companions macOS writes
+    on foreign file systems) are not samples; how many were skipped is logged on ``ptq``."""
     folder = pathlib.Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: not a directory")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    found = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES]
+    files = sorted(p for p in found if not p.name.startswith("."))
+    hidden = len(found) - len(files)
+    if hidden:
+        log.warning(f"{folder}: skipped {hidden} hidden file{'s' if hidden > 1 else ''} "
+                    f"(names starting with '.', e.g. {min(p.name for p in found if p.name.startswith('.'))!r})")
     if not files:
         raise DataError(f"{folder}: no samples (files ending in {', '.join(SUFFIXES)})")
     return files[:limit] if limit is not None else files
 
 
+def image_note(files: Sequence[pathlib.Path], inputs: Sequence[InputSpec], image: ImageSpec) -> None:
+    """Log on ``ptq`` what reading the images will do that the user did not ask for: a resize to
+    the model's own size, a change to grayscale or colour.  The first image stands for all."""
+    first = next((f for f in files if f.suffix.lower() in IMAGE_SUFFIXES), None)
+    if first is None or len(inputs) != 1 or len(inputs[0].shape) != 4:
+        return
+    from PIL import Image
+
+    spec = inputs[0]
+    try:
+        with Image.open(first) as img:
+            height, width, mode = img.height, img.width, img.mode
+    except Exception:  # the read itself reports an unreadable image, naming it
+        return
+    changes = []
+    size = _model_hw(spec, image.layout)
+    if image.size is None and size is not None and size != (height, width):
+        changes.append(f"resized to {size[0]}x{size[1]}, the model input's size (the first, {first.name}, "
+                       f"is {height}x{width})")
+    want = _mode(spec, image)
+    if want == "L" and mode not in ("L", "1", "I", "I;16", "F"):
+        changes.append(f"converted from {mode} to grayscale (input {spec.name!r} has 1 channel)")
+    elif want == "RGB" and mode in ("L", "1", "I", "I;16", "F", "LA"):
+        changes.append(f"converted from grayscale to RGB (input {spec.name!r} has 3 channels)")
+    if changes:
+        log.warning("image samples are " + " and ".join(changes))
+
+
+#: How each NumPy file starts (``.npz`` files are zip archives).  NumPy reads any other content
+#: as a pickle, and with pickles refused says only "allow_pickle=False", which misleads.
+MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK\x03\x04"}
+
+
 def _load_arrays(path: pathlib.Path, inputs: Sequence[InputSpec]) -> Feed:
     suffix = path.suffix.lower()
+    if suffix in MAGIC:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(MAGIC[suffix]))
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read sample ({exc.strerror})") from None
+        if head != MAGIC[suffix]:
+            raise DataError(f"{path}: not a NumPy {suffix} file (it does not start with the {suffix} header)")
     try:
         if suffix == ".npy":
             arrays = {inputs[0].name: np.load(path, allow_pickle=False)} if len(inputs) == 1 else None
@@ -104,15 +169,15 @@ def _load_image(path: pathlib.Path, spec: InputSpec, image: ImageSpec) -> np.nda
     if len(spec.shape) != 4:
         raise DataError(f"{path}: image samples need a rank-4 model input; {spec.name!r} has "
                         f"rank {len(spec.shape)}")
-    channels = spec.shape[1] if image.layout == "NCHW" else spec.shape[3]
-    mode = "L" if channels == 1 else "RGB"
     try:
         with Image.open(path) as img:
-            img = img.convert(mode)
+            img = img.convert(_mode(spec, image))
             size = image.size or _model_hw(spec, image.layout)
             if size is not None and (img.height, img.width) != tuple(size):
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             pixels = np.asarray(img, dtype=np.float32) / 255.0
+    except Image.DecompressionBombError as exc:  # not an OSError: Pillow's guard on the pixel count
+        raise DataError(f"{path}: image too large to decode ({exc})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read image ({exc})") from None
     if pixels.ndim == 2:
@@ -121,13 +186,19 @@ def _load_image(path: pathlib.Path, spec: InputSpec, image: ImageSpec) -> np.nda
         pixels = pixels[:, :, ::-1]
     mean = np.asarray(image.mean, dtype=np.float32)
     std = np.asarray(image.std, dtype=np.float32)
-    for name, values in (("--mean", mean), ("--std", std)):
+    for name, values in (("mean", mean), ("std", std)):
         if values.size not in (1, pixels.shape[2]):
-            raise OptionError(f"{name} has {values.size} values; {path.name} has {pixels.shape[2]} channels")
+            raise OptionError(Option(name), f" has {values.size} values; {path.name} has {pixels.shape[2]} channels")
     pixels = (pixels - mean) / std
     if image.layout == "NCHW":
         pixels = pixels.transpose(2, 0, 1)
     return np.ascontiguousarray(pixels[None], dtype=np.float32)
+
+
+def _mode(spec: InputSpec, image: ImageSpec) -> str:
+    """The Pillow mode an image is converted to for ``spec``: grayscale for one channel."""
+    channels = spec.shape[1] if image.layout == "NCHW" else spec.shape[3]
+    return "L" if channels == 1 else "RGB"
 
 
 def _check(path: pathlib.Path, spec: InputSpec, array: np.ndarray) -> np.ndarray:
@@ -193,7 +264,7 @@ def batches(files: Sequence[pathlib.Path], inputs: Sequence[InputSpec], *, batch
     (``None``: sized from the first sample, see ``AUTO_BATCH_VALUES``) when every input has a
     dynamic leading dimension."""
     if batch_size is not None and batch_size < 1:
-        raise OptionError(f"--batch-size must be at least 1, got {batch_size}")
+        raise OptionError(Option("batch_size"), f" must be at least 1, got {batch_size}")
     limit = batch_size if _batchable(inputs) else 1
     pending: list[tuple[pathlib.Path, Feed]] = []
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from calibrators.histogram import Histogram
 from ptqcli import __version__
 from ptqcli.errors import ObservationError
+from ptqcli.files import write_atomic
 
 FORMAT = "ptq-observations"
 #: 2: with each tensor's stride and the tensors counted again.  Version 1 files (strides unknown,
@@ -45,7 +45,7 @@ class Observations:
 
 
 def save(obs: Observations, path: str | os.PathLike) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
+    """Write atomically (see ``ptqcli.files``)."""
     path = pathlib.Path(path)
     names = sorted(obs.histograms)
     meta = {"format": FORMAT, "version": VERSION, "tool": __version__, "fingerprint": obs.fingerprint,
@@ -57,18 +57,26 @@ def save(obs: Observations, path: str | os.PathLike) -> None:
         arrays[f"t{i}_counts"] = h.counts
         arrays[f"t{i}_grid"] = np.array([h.width_exp, h.offset], dtype=np.int64)
         arrays[f"t{i}_extremes"] = np.array([h.minimum, h.maximum], dtype=np.float64)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+#: Every ``.npz`` file is a zip archive and starts with a zip local file header.
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 def load(path: str | os.PathLike) -> Observations:
+    """Read an observation file written by ``save``; any problem is an ``ObservationError``."""
     path = pathlib.Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_ZIP_MAGIC))
+    except FileNotFoundError:
+        raise ObservationError(f"{path}: no such observation file") from None
+    except OSError as exc:
+        raise ObservationError(f"{path}: cannot read observations ({exc.strerror})") from None
+    if head != _ZIP_MAGIC:
+        raise ObservationError(f"{path}: not a ptq observation file (the .obs.npz archive that ptq "
+                               f"calibrate writes beside its table)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(bytes(npz["meta"]).decode())

@@ -105,19 +105,34 @@ class Evaluator:
         return total.sqnr_db
 
 
+def _budget(feeds: Sequence[Feed]) -> int:
+    """Refinement trials allowed on ``feeds`` (``TRIALS``, fewer for large inputs)."""
+    per_pass = sum(a.size for f in feeds for a in f.values())
+    return min(TRIALS, max(0, TRIAL_VALUES // max(per_pass, 1) - len(CANDIDATES)))
+
+
+def steps(groups: int, feeds: Sequence[Feed]) -> int:
+    """How many ``progress(1)`` calls ``search`` makes for a plan of ``groups`` scale groups:
+    one per group of every table built (each candidate and the final one), one per candidate
+    scored, one per trial allowed."""
+    return (len(CANDIDATES) + 1) * groups + len(CANDIDATES) + _budget(feeds)
+
+
 def search(prepared: Prepared, obs: Observations, options: CalibrationOptions, feeds: Sequence[Feed], *,
-           progress: Callable[[str], None] | None = None) -> AutoResult:
-    """The table whose per-group methods give the best output SQNR on ``feeds`` (see module doc)."""
-    tables = {m: build_table(prepared, obs, replace(options, method=m)) for m in CANDIDATES}
+           progress: Callable[[int], None] | None = None) -> AutoResult:
+    """The table whose per-group methods give the best output SQNR on ``feeds`` (see module doc).
+    ``progress(n)`` counts the ``steps`` done."""
+    update = progress or (lambda n: None)
+    tables = {m: build_table(prepared, obs, replace(options, method=m), progress=update) for m in CANDIDATES}
     evaluator = Evaluator(prepared, tables[CANDIDATES[0]], feeds)
     candidates = {m: evaluator.params_of(t) for m, t in tables.items()}
-    scores = {m: evaluator.sqnr_db(p) for m, p in candidates.items()}
+    scores = {}
+    for m, p in candidates.items():
+        scores[m] = evaluator.sqnr_db(p)
+        update(1)
     best = max(CANDIDATES, key=lambda m: (scores[m], -CANDIDATES.index(m)))
     current, current_db = dict(candidates[best]), scores[best]
-    if progress is not None:
-        progress(", ".join(f"{m} {scores[m]:.2f} dB" for m in CANDIDATES))
-    per_pass = sum(a.size for f in feeds for a in f.values())
-    budget = min(TRIALS, max(0, TRIAL_VALUES // max(per_pass, 1) - len(CANDIDATES)))
+    budget = _budget(feeds)
     fixed = {name for name, _ in options.method_for} | {name for name, _, _ in options.fixed_ranges}
     roots = [r for r in evaluator.roots
              if not fixed & {t for t, e in tables[best].tensors.items() if e.scale_group == r}]
@@ -129,12 +144,15 @@ def search(prepared: Prepared, obs: Observations, options: CalibrationOptions, f
             if trials >= budget or m == best or not _differs(candidates[m][root], current[root]):
                 continue
             trials += 1
+            update(1)
             trial = {**current, root: candidates[m][root]}
             db = evaluator.sqnr_db(trial)
             if db > current_db + MIN_GAIN_DB:
                 current, current_db, chosen[root] = trial, db, m
+    update(budget - trials)  # trials the search did not need
     final = build_table(prepared, obs, replace(options, method=best,
-                                                method_for=options.method_for + tuple(sorted(chosen.items()))))
+                                                method_for=options.method_for + tuple(sorted(chosen.items()))),
+                        progress=update)
     record = {"method": "auto", "auto": {
         "best_method": best, "samples": sum(len(next(iter(f.values()))) for f in feeds),
         "output_sqnr_db": {**{m: round(v, 4) for m, v in scores.items()}, "chosen": round(current_db, 4)},

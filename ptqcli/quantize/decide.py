@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
 
 import numpy as np
 
 import calibrators
 from calibrators import Range, RangeSpec, guard, histogram
-from ptqcli.errors import ObservationError, OptionError
-from ptqcli.graph import Prepared, opset
+from ptqcli.errors import ObservationError, Option, OptionError, UnsupportedError
+from ptqcli.graph import Prepared, attr, opset, subgraph_note
 from ptqcli.observe.observations import Observations
 from ptqcli.quantize.plan import Group, Structure, analyse
-from ptqcli.quantize.qparams import activation_params, bias_floor, bias_params, weight_params
+from ptqcli.quantize.qparams import QuantParams, activation_params, bias_floor, bias_params, weight_params
 from ptqcli.quantize.scale_groups import ScaleGroups, integer_groups, scale_groups
 from ptqcli.quantize.scale_table import GroupEntry, NodeEntry, ScaleTable, TensorEntry
+from ptqcli.targets import Target, pair_safe_scales, reduction_rows
 
 #: Operators whose integer form needs more than 8 bits on both sides: Softmax exponentiates its
 #: input (an 8-bit step on attention logits spanning +-50 moves probabilities by 20 %) and
@@ -32,7 +34,9 @@ class CalibrationOptions:
     per-output-channel weight scales; ``int16``: tensor or node names computed with 16-bit
     activations; ``sensitive_int16``: inputs and outputs of ``SENSITIVE`` operators are 16-bit
     too; ``exclude``: node names or op types left in float; ``fixed_ranges``:
-    (tensor, lo, hi) ranges given by the user."""
+    (tensor, lo, hi) ranges given by the user; ``cpu``: the deployment target
+    (:class:`ptqcli.targets.Target`): ``any`` and ``x86-avx2`` keep every pair of weight codes
+    within what x86 AVX2 kernels can add in int16."""
 
     method: str = "mse"
     method_for: tuple[tuple[str, str], ...] = ()
@@ -43,19 +47,25 @@ class CalibrationOptions:
     sensitive_int16: bool = True
     exclude: tuple[str, ...] = ()
     fixed_ranges: tuple[tuple[str, float, float], ...] = ()
+    cpu: str = Target.ANY.value
 
     def validate(self) -> None:
         if self.method not in calibrators.METHODS and self.method != "auto":
-            raise OptionError(f"unknown range method {self.method!r}; known: "
+            raise OptionError(Option("method", self.method), f": unknown range method; known: "
                               f"{', '.join(calibrators.METHODS)}, auto")
-        for _, name in self.method_for:
+        for tensor, name in self.method_for:
             if name not in calibrators.METHODS:
-                raise OptionError(f"unknown range method {name!r}; known: {', '.join(calibrators.METHODS)}")
+                raise OptionError(Option("method_for", f"{tensor}={name}"), f": unknown range method; known: "
+                                  f"{', '.join(calibrators.METHODS)}")
+        if self.cpu not in {t.value for t in Target}:
+            raise OptionError(Option("cpu", self.cpu), f": unknown CPU target; known: "
+                              f"{', '.join(t.value for t in Target)}")
         if not 0.0 < self.percentile <= 100.0:
-            raise OptionError(f"--percentile must be in (0, 100], got {self.percentile!r}")
+            raise OptionError(Option("percentile"), f" must be in (0, 100], got {self.percentile!r}")
         for name, lo, hi in self.fixed_ranges:
             if not lo <= 0.0 <= hi or lo == hi:
-                raise OptionError(f"--fixed-range {name}={lo}:{hi}: the range must contain 0 and not be empty")
+                raise OptionError(Option("fixed_ranges", f"{name}={lo}:{hi}"),
+                                  ": the range must contain 0 and not be empty")
 
 
 @dataclass(frozen=True)
@@ -73,12 +83,15 @@ def decide(prepared: Prepared, options: CalibrationOptions) -> Decisions:
     index = prepared.index
     structure = analyse(index)
     if not structure.groups:
-        raise OptionError(f"{prepared.source}: nothing to quantize (no float Conv, MatMul, Gemm, "
-                          f"Add, Mul, pooling or activation operators)")
+        nested = subgraph_note(prepared.model)
+        raise UnsupportedError(f"{prepared.source}: nothing to quantize (no float Conv, MatMul, Gemm, "
+                               f"Add, Mul, pooling or activation operators{' in the main graph' if nested else ''})"
+                               f"{'; ' + nested if nested else ''}")
     op_types = {n.op_type for n in index.nodes}
     for name in options.exclude:
         if name not in index.node_by_name and name not in op_types:
-            raise OptionError(f"--exclude {name!r}: no node or operator type of that name in {prepared.source.name}")
+            raise OptionError(Option("exclude", name),
+                              f": no node or operator type of that name in {prepared.source.name}")
     excluded_nodes = {n.name for n in index.nodes if n.name in options.exclude or n.op_type in options.exclude}
     enabled = {g.anchor for g in structure.groups if not excluded_nodes.intersection(g.nodes)}
     float_movers = excluded_nodes & (set(structure.passthrough) | set(structure.concats))
@@ -96,13 +109,13 @@ def decide(prepared: Prepared, options: CalibrationOptions) -> Decisions:
             group = next(g for g in structure.groups if g.anchor == structure.group_of[name])
             int16_roots.update(scales.root[t] for t in group.inputs + group.outputs if t in scales.root)
         else:
-            raise OptionError(f"--int16 {name!r}: not a quantized tensor or node of {prepared.source.name}")
+            raise OptionError(Option("int16", name), f": not a quantized tensor or node of {prepared.source.name}")
     for name, _ in options.method_for:
         if name not in scales.root:
-            raise OptionError(f"--method-for {name!r}: not a quantized activation of {prepared.source.name}")
+            raise OptionError(Option("method_for", name), f": not a quantized activation of {prepared.source.name}")
     for name, _, _ in options.fixed_ranges:
         if name not in scales.root:
-            raise OptionError(f"--fixed-range {name!r}: not a quantized activation of {prepared.source.name}")
+            raise OptionError(Option("fixed_ranges", name), f": not a quantized activation of {prepared.source.name}")
     precision = {}
     for g in structure.groups:
         if g.anchor in enabled:
@@ -118,13 +131,13 @@ def _group_range(rep: str, hist: histogram.Histogram, dtype: str, scales: ScaleG
     members = scales.members(rep)
     fixed = {(lo, hi) for name, lo, hi in options.fixed_ranges if name in members}
     if len(fixed) > 1:
-        raise OptionError(f"--fixed-range: tensors sharing the scale of {rep!r} were given different ranges")
+        raise OptionError(Option("fixed_ranges"), f": tensors sharing the scale of {rep!r} were given different ranges")
     if fixed:
         lo, hi = fixed.pop()
         return Range(lo, hi), "fixed", False
     chosen = sorted({m for name, m in options.method_for if name in members})
     if len(chosen) > 1:
-        raise OptionError(f"--method-for: tensors sharing the scale of {rep!r} were given methods {chosen}")
+        raise OptionError(Option("method_for"), f": tensors sharing the scale of {rep!r} were given methods {chosen}")
     method = chosen[0] if chosen else options.method
     spec = RangeSpec(symmetric=dtype != "uint8", levels=65536 if dtype == "int16" else 256,
                      percentile=options.percentile)
@@ -137,11 +150,14 @@ def _group_range(rep: str, hist: histogram.Histogram, dtype: str, scales: ScaleG
     return r, method, False
 
 
-def build_table(prepared: Prepared, obs: Observations, options: CalibrationOptions) -> ScaleTable:
-    """The scale table for ``prepared`` from its observations (``auto``: see ``ptqcli.quantize.autosearch``)."""
+def build_table(prepared: Prepared, obs: Observations, options: CalibrationOptions, *,
+                progress: Callable[[int], None] | None = None) -> ScaleTable:
+    """The scale table for ``prepared`` from its observations (``auto``: see ``ptqcli.quantize.autosearch``).
+    ``progress(1)`` follows each scale group's range."""
     options.validate()
     if options.method == "auto":
-        raise OptionError("method 'auto' needs model runs: use ptqcli.quantize.autosearch.search (or api.calibrate)")
+        raise OptionError(Option("method", "auto"),
+                          " needs model runs: use ptqcli.quantize.autosearch.search (or api.calibrate)")
     if obs.fingerprint != prepared.fingerprint:
         raise ObservationError(f"the observations were made on another model (fingerprint "
                                f"{obs.fingerprint[:19]}..., {prepared.source.name} has {prepared.fingerprint[:19]}...)")
@@ -151,8 +167,8 @@ def build_table(prepared: Prepared, obs: Observations, options: CalibrationOptio
     for rep, sources in d.scales.sources.items():
         missing = [t for t in sources if t not in obs.histograms]
         if missing:
-            raise ObservationError(f"the observations lack tensor {missing[0]!r}; observe again with "
-                                   f"--data instead of --observations")
+            raise ObservationError(f"the observations lack tensor {missing[0]!r}; observe the samples again "
+                                   f"instead of reusing the observations")
         hist = histogram.empty()
         for t in sources:
             hist = histogram.merge(hist, obs.histograms[t])
@@ -168,6 +184,8 @@ def build_table(prepared: Prepared, obs: Observations, options: CalibrationOptio
                                      checked)
         for c in d.scales.consts.get(rep, ()):
             tensors[c] = TensorEntry("constant", params, "max", (r.lo, r.hi), _extremes(index.array(c)), rep)
+        if progress is not None:
+            progress(1)
     groups: dict[str, GroupEntry] = {}
     for g in d.structure.groups:
         if g.anchor not in d.precision:
@@ -203,8 +221,12 @@ def _weights(prepared: Prepared, g: Group, tensors: dict[str, TensorEntry], opti
         if g.bias is not None:
             floor = bias_floor(index.array(g.bias), tensors[g.inputs[0]].params, axis is not None)
         wp = weight_params(w, axis, min_scale=floor)
+        method = "max"
+        if Target(options.cpu).pairs_saturate:
+            wp, raised = _pair_safe(index.node_by_name[g.anchor], w, wp)
+            method = "max-pairs" if raised else method
         amax = float(np.abs(w).max()) if w.size else 0.0
-        tensors[g.weight] = TensorEntry("weight", wp, "max", (-amax, amax), _extremes(w))
+        tensors[g.weight] = TensorEntry("weight", wp, method, (-amax, amax), _extremes(w))
         if g.bias is not None:
             b = index.array(g.bias)
             bp = bias_params(tensors[g.inputs[0]].params, wp, b.size, b.ndim - 1)
@@ -215,6 +237,28 @@ def _weights(prepared: Prepared, g: Group, tensors: dict[str, TensorEntry], opti
             p = weight_params(value, None) if index.is_float(c) else None
             if p is not None:
                 tensors[c] = TensorEntry("constant", p, "max", (-p.scale[0] * 127, p.scale[0] * 127), _extremes(value))
+
+
+def _pair_safe(node, w: np.ndarray, wp: QuantParams) -> tuple[QuantParams, bool]:
+    """``wp`` with the scales raised where two weight codes that x86 AVX2 kernels add in one
+    int16 pair could saturate it (``ptqcli.targets``), and whether any was raised."""
+    rows = reduction_rows(node.op_type, w, group=int(attr(node, "group", 1)), trans_b=bool(attr(node, "transB", 0)))
+    if rows is None or (wp.axis is not None and wp.axis != _channel_axis(node, w)):
+        return wp, False
+    scales = np.asarray(wp.scale, dtype=np.float32)
+    safe = pair_safe_scales(rows, scales)
+    if np.array_equal(safe, scales):
+        return wp, False
+    return replace(wp, scale=tuple(float(s) for s in safe)), True
+
+
+def _channel_axis(node, w: np.ndarray) -> int:
+    """The weight axis of the output channels, as :func:`ptqcli.targets.reduction_rows` orders them."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if attr(node, "transB", 0) else 1
+    return w.ndim - 1
 
 
 def _options_json(options: CalibrationOptions) -> dict:

@@ -11,13 +11,13 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from ptqcli import __version__
 from ptqcli.errors import TableError
+from ptqcli.files import write_text_atomic
 from ptqcli.quantize.qparams import LIMITS, QuantParams
 
 #: 2 adds a tensor's ``guard``; version 1 tables (which never have it) still load.
@@ -147,23 +147,12 @@ def to_json(table: ScaleTable) -> str:
 
 
 def write(table: ScaleTable, path: str | os.PathLike) -> None:
-    """Write ``table`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    write_text_atomic(pathlib.Path(path), to_json(table))
-
-
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write ``table`` to ``path`` atomically (see ``ptqcli.files``)."""
+    write_text_atomic(path, to_json(table))
 
 
 def schema() -> dict[str, Any]:
-    text = resources.files("ptqcli.quantize").joinpath("schema/scale_table.schema.json").read_text(encoding="utf-8")
+    text = resources.files("ptqcli.quantize.schema").joinpath("scale_table.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

@@ -65,7 +65,14 @@ Notation: ``q`` codes, ``s`` scale (float32 value from the table), ``zp`` zero p
     is DequantizeLinear then QuantizeLinear.  The two arithmetics part only at ties: a float32
     factor that lost its low bits puts ``acc * factor`` exactly on ``k + 1/2`` (rounded to even)
     where the exact product is a hair off it.
-14. Anything else runs in float (ONNX Runtime on the node alone, on dequantized inputs), and its
+14. ``cpu="x86-avx2"`` (``ptq simulate --cpu x86-avx2``) forms the accumulators of rule 3 as
+    ONNX Runtime does on x86 CPUs with AVX2 but without VNNI: products of raw activation codes
+    (int8 codes shifted by 128) and weight codes, adjacent pairs along the reduction (Conv: kernel
+    taps row-major, input channel fastest) added and saturated to int16, then summed in int32;
+    the zero point is corrected afterwards.  Depthwise Conv and MatMul of two activations stay
+    exact.  Every saturated pair sum is counted per node (``SimOutputs.saturations``); see
+    :mod:`ptqcli.targets` and :mod:`ptqcli.sim.pairs`.
+15. Anything else runs in float (ONNX Runtime on the node alone, on dequantized inputs), and its
     quantized outputs are quantized as in 1.  Every such node is listed in
     ``SimOutputs.fallbacks`` with the reason.  So that results never depend on how samples are
     batched, row-wise float nodes run one sample at a time, always on 64-byte aligned copies
@@ -87,20 +94,36 @@ import numpy as np
 from ptqcli.graph import Prepared, prepare
 from ptqcli.quantize.scale_table import ScaleTable
 from ptqcli.quantize.scale_table import load as load_table
+from ptqcli.sim.pairs import CPUS, Saturation
 from ptqcli.sim.program import Fallback, Program, build
 from ptqcli.sim.run import SimOutputs, SimTensor, run
 
-__all__ = ["Fallback", "Program", "SimOutputs", "SimTensor", "build", "run", "simulate"]
+__all__ = ["CPUS", "Fallback", "Program", "Saturation", "SimOutputs", "SimTensor", "build", "resolve_cpu", "run",
+           "simulate"]
 
 
 def simulate(model: Prepared | str | os.PathLike, table: ScaleTable | str | os.PathLike,
-             inputs: Mapping[str, np.ndarray], *, tensors: Iterable[str] = (), requant: str = "fixed") -> SimOutputs:
+             inputs: Mapping[str, np.ndarray], *, tensors: Iterable[str] = (), requant: str = "fixed",
+             cpu: str = "exact") -> SimOutputs:
     """Simulate ``model`` quantized by ``table`` on one batch of ``inputs``.
 
     Returns the graph outputs and every tensor named in ``tensors``: integer codes (for
     quantized tensors) and float32 values (dequantized codes, or the float result).
-    ``requant``: ``fixed`` (integer multiplier and shift) or ``fp32`` (float32 factor)."""
+    ``requant``: ``fixed`` (integer multiplier and shift) or ``fp32`` (float32 factor);
+    ``cpu``: ``exact`` accumulation, ``x86-avx2`` (int16 pair sums), or ``native`` (whichever
+    of the two this machine's ONNX Runtime uses, see :func:`resolve_cpu`)."""
     prepared = model if isinstance(model, Prepared) else prepare(model)
     loaded = table if isinstance(table, ScaleTable) else load_table(table)
     tensors = tuple(tensors)
-    return run(build(prepared, loaded, keep=tensors, requant=requant), inputs, keep=tensors)
+    program = build(prepared, loaded, keep=tensors, requant=requant, cpu=resolve_cpu(cpu))
+    return run(program, inputs, keep=tensors)
+
+
+def resolve_cpu(cpu: str) -> str:
+    """``native`` -> the accumulation this machine's ONNX Runtime uses (measured by
+    :func:`ptqcli.runtime.int8_arithmetic`); other names unchanged."""
+    if cpu != "native":
+        return cpu
+    from ptqcli.runtime import int8_arithmetic
+
+    return int8_arithmetic().cpu

@@ -29,7 +29,8 @@ class NoKernel(Exception):
 class Context:
     """Read-only lookups a builder needs: the prepared graph, the table, the default-domain
     opset, the model's opset imports and IR version (for cut-out float models), and the
-    requantization arithmetic (``fixed`` or ``fp32``, see :mod:`ptqcli.sim.fixed`)."""
+    requantization arithmetic (``fixed`` or ``fp32``, see :mod:`ptqcli.sim.fixed`) and the
+    accumulation (``exact``, or ``x86-avx2``: int16 pair sums, see :mod:`ptqcli.sim.pairs`)."""
 
     index: GraphIndex
     table: ScaleTable
@@ -37,6 +38,7 @@ class Context:
     opset_imports: tuple[onnx.OperatorSetIdProto, ...]
     ir_version: int
     requant: str = "fixed"
+    cpu: str = "exact"
 
     def node(self, name: str) -> onnx.NodeProto:
         return self.index.node_by_name[name]
@@ -70,11 +72,12 @@ class Overflow:
 
 @dataclass
 class Log:
-    """One run's context and observations: the batch size (samples in the run) and the
-    overflows seen.  One instance per run, never shared."""
+    """One run's context and observations: the batch size (samples in the run), the overflows
+    and the int16 pair saturations seen.  One instance per run, never shared."""
 
     batch: int | None = None
     overflows: list[Overflow] = field(default_factory=list)
+    saturations: list = field(default_factory=list)  # ptqcli.sim.pairs.Saturation
 
 
 def scalar(p: QuantParams) -> tuple[float, int]:

@@ -20,7 +20,7 @@ import onnx
 from onnx import helper
 
 from ptqcli import runtime
-from ptqcli.analysis.metrics import Agreement, top1
+from ptqcli.analysis.metrics import Agreement, class_scores, top1
 from ptqcli.errors import DataError
 from ptqcli.export.qdq import export
 from ptqcli.graph import Prepared
@@ -28,6 +28,7 @@ from ptqcli.observe.dataset import ImageSpec, batches
 from ptqcli.quantize.qparams import quantize
 from ptqcli.quantize.scale_table import ScaleTable
 from ptqcli.sim.base import Log, Overflow
+from ptqcli.sim.pairs import Saturation
 from ptqcli.sim.program import CODES, Fallback, Program, build
 from ptqcli.sim.run import run
 
@@ -49,12 +50,14 @@ class Codes:
                      self.count + d.size, max(self.max_diff, int(d.max(initial=0))))
 
     @property
-    def equal_fraction(self) -> float:
-        return self.equal / self.count if self.count else 1.0
+    def equal_fraction(self) -> float | None:
+        """Fraction of codes equal; None when nothing was compared (not a vacuous 100 %)."""
+        return self.equal / self.count if self.count else None
 
     @property
-    def within1_fraction(self) -> float:
-        return self.within1 / self.count if self.count else 1.0
+    def within1_fraction(self) -> float | None:
+        """Fraction of codes at most one apart; None when nothing was compared."""
+        return self.within1 / self.count if self.count else None
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class Comparison:
     seconds: dict[str, float]          # "sim", "ort": run time only, all samples
     fallbacks: tuple[Fallback, ...]
     overflows: tuple[Overflow, ...]    # summed per node
+    saturations: tuple[Saturation, ...] = ()  # int16 pair sums clipped (cpu x86-avx2), summed per node
 
     @property
     def first_divergence(self) -> str | None:
@@ -197,9 +201,10 @@ def _local(program: Program, code_names: dict[str, str], probed: dict[str, np.nd
 
 def compare(prepared: Prepared, table: ScaleTable, files: Sequence[pathlib.Path], *, batch_size: int | None = None,
             image: ImageSpec | None = None, labels: dict[str, int] | None = None, per_layer: bool = False,
-            requant: str = "fixed", progress: Callable[[int], None] | None = None) -> Comparison:
-    """Run float, QDQ (ONNX Runtime) and the simulator (with the ``requant`` arithmetic) over
-    ``files`` and compare them."""
+            requant: str = "fixed", cpu: str = "exact",
+            progress: Callable[[int], None] | None = None) -> Comparison:
+    """Run float, QDQ (ONNX Runtime) and the simulator (with the ``requant`` and ``cpu``
+    arithmetic) over ``files`` and compare them."""
     index = prepared.index
     order = {n.name: i for i, n in enumerate(index.nodes)}
     acts = sorted((n for n, e in table.tensors.items() if e.role == "activation"),
@@ -208,7 +213,7 @@ def compare(prepared: Prepared, table: ScaleTable, files: Sequence[pathlib.Path]
         missing = [f.name for f in files if f.name not in labels]
         if missing:
             raise DataError(f"no label for sample {missing[0]!r} (and {len(missing) - 1} more)")
-    program = build(prepared, table, keep=acts, requant=requant)  # keeping codes alive costs memory, not time
+    program = build(prepared, table, keep=acts, requant=requant, cpu=cpu)  # keeping codes alive costs memory
     standing = output_code_tensors(program)
     inner = [t for t in acts if per_layer or any(t in v for v in standing.values())]
     outputs = list(index.output_names)
@@ -226,6 +231,7 @@ def compare(prepared: Prepared, table: ScaleTable, files: Sequence[pathlib.Path]
     counts = dict.fromkeys(("sim_vs_float", "ort_vs_float", "sim_vs_ort", "float", "ort", "sim"), 0)
     seconds = {"sim": 0.0, "ort": 0.0}
     overflows: dict[str, Overflow] = {}
+    saturated: dict[str, int] = {}
     samples, classified = 0, False
     for batch in batches(files, prepared.inputs, batch_size=batch_size, image=image):
         t0 = time.perf_counter()
@@ -254,10 +260,11 @@ def compare(prepared: Prepared, table: ScaleTable, files: Sequence[pathlib.Path]
         for o in sim.overflows:
             prev = overflows.get(o.node, Overflow(o.node, 0, 0))
             overflows[o.node] = Overflow(o.node, prev.count + o.count, max(prev.peak, o.peak))
-        first = ref[outputs[0]]
-        if np.ndim(first) >= 2 and len(first) == batch.count:
+        for s in sim.saturations:
+            saturated[s.node] = saturated.get(s.node, 0) + s.count
+        if class_scores(ref[outputs[0]], batch.count):
             classified = True
-            pf, po, ps = top1(first), top1(ort_out[outputs[0]]), top1(sim.tensors[outputs[0]].values)
+            pf, po, ps = top1(ref[outputs[0]]), top1(ort_out[outputs[0]]), top1(sim.tensors[outputs[0]].values)
             counts["sim_vs_float"] += int((ps == pf).sum())
             counts["ort_vs_float"] += int((po == pf).sum())
             counts["sim_vs_ort"] += int((ps == po).sum())
@@ -275,4 +282,5 @@ def compare(prepared: Prepared, table: ScaleTable, files: Sequence[pathlib.Path]
     codes = tuple(stats[t] for t in dict.fromkeys(n for o in outputs for n in standing[o]))
     return Comparison(samples, tuple(stats[o] for o in outputs), codes,
                       tuple(stats[t] for t in acts) if per_layer else (), top, acc, seconds,
-                      program.fallbacks, tuple(overflows.values()))
+                      program.fallbacks, tuple(overflows.values()),
+                      tuple(Saturation(n, k) for n, k in saturated.items()))

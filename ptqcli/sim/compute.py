@@ -25,6 +25,7 @@ from ptqcli.quantize.scale_table import GroupEntry
 from ptqcli.sim import window
 from ptqcli.sim.base import Context, Log, NoKernel, Overflow, Requant, clamp_bounds, scalar
 from ptqcli.sim.fixed import INT32_MAX, Float32Scale, accumulator_dtype, f32, multiplier, span, wrap_int32
+from ptqcli.sim.pairs import ConvPairs, MatMulPairs, conv_pairs, matmul_pairs
 
 
 def _weight_codes(ctx: Context, name: str) -> tuple[np.ndarray, QuantParams]:
@@ -33,6 +34,11 @@ def _weight_codes(ctx: Context, name: str) -> tuple[np.ndarray, QuantParams]:
     q = quantize(ctx.const(name), p).astype(np.int64)
     _, zero = p.arrays(q.ndim)
     return q - zero, p
+
+
+def _raw_codes(centered: np.ndarray, p: QuantParams) -> np.ndarray:
+    """The weight codes as stored (``q_w``), from the centered ``q_w - zp_w`` of ``_weight_codes``."""
+    return centered + p.arrays(centered.ndim)[1]
 
 
 def _bias_codes(ctx: Context, group: GroupEntry, acc_scale: np.ndarray) -> np.ndarray | None:
@@ -138,9 +144,15 @@ class ConvKernel:
     x_zero: int
     dtype: type
     epilogue: Requant
+    pairs: ConvPairs | None = None
 
     def run(self, inputs: list[np.ndarray], log: Log) -> list[np.ndarray]:
         x = inputs[0]
+        return [self.epilogue.run(self._sums(x) if self.pairs is None else self.pairs.apply(x, self._sums(x), log),
+                                  log)]
+
+    def _sums(self, x: np.ndarray) -> np.ndarray:
+        """The exact accumulators ``[N, C_out, *out]``, bias excluded."""
         n, c = x.shape[:2]
         g, cout_g, _ = self.weight.shape
         geo = window.geometry(self.node, x.shape[2:], self.kernel)
@@ -151,7 +163,7 @@ class ConvKernel:
         if k == 1 and all(s == 1 for s in geo.strides) and not any(geo.begin + geo.end):
             cols = x.reshape(n, g, c // g, -1).astype(self.dtype)  # pointwise: its own im2col
             acc = np.matmul(self.weight, cols)  # [N, g, C_out/g, P]: one GEMM per sample and group
-            return [self.epilogue.run(acc.reshape((n, g * cout_g) + out_sp), log)]
+            return acc.reshape((n, g * cout_g) + out_sp)
         flat = window.flat_windows(x, geo, self.x_zero, self.dtype)
         if flat is not None:  # stride 1: contiguous taps over padded rows, cropped at the end
             taps, tap_shape, finish = flat.taps, (n, c, flat.length), flat.crop
@@ -162,12 +174,12 @@ class ConvKernel:
             def finish(acc: np.ndarray) -> np.ndarray:
                 return acc.reshape((n, -1) + out_sp)
         if c == g and cout_g == 1:
-            return [self.epilogue.run(finish(self._depthwise(taps, tap_shape)), log)]
+            return finish(self._depthwise(taps, tap_shape))
         cols = np.empty((n, c, k) + tap_shape[2:], dtype=self.dtype)  # im2col: one copy per tap
         for i, tap in enumerate(taps):
             cols[:, :, i] = tap
         acc = np.matmul(self.weight, cols.reshape(n, g, (c // g) * k, -1))
-        return [self.epilogue.run(finish(acc.reshape(n, g * cout_g, -1)), log)]
+        return finish(acc.reshape(n, g * cout_g, -1))
 
     def _depthwise(self, taps: tuple[np.ndarray, ...], shape: tuple[int, ...]) -> np.ndarray:
         """A multiply-add per kernel tap over ``shape`` (the taps' shape), in blocks of
@@ -214,7 +226,8 @@ def conv(ctx: Context, group: GroupEntry) -> ConvKernel:
     epi = _epilogue(ctx, group, acc_bound=acc_bound, factors=(s_x, s_w), shape=shape,
                     bias=total.reshape(shape) if np.any(total) else None)
     weight = w.reshape(g, cout // g, -1).astype(dtype)
-    return ConvKernel(node, weight, kernel, g, zp_x, dtype, epi)
+    pairs = conv_pairs(node, _raw_codes(w, wp), g, x, node.name) if ctx.cpu == "x86-avx2" else None
+    return ConvKernel(node, weight, kernel, g, zp_x, dtype, epi, pairs)
 
 
 @dataclass(frozen=True)
@@ -303,13 +316,13 @@ class MatMulKernel:
     trans_a: bool
     dtype: type
     epilogue: Requant
+    pairs: MatMulPairs | None = None
 
     def run(self, inputs: list[np.ndarray], log: Log) -> list[np.ndarray]:
         x = inputs[0]
         xc = x.astype(self.dtype) - self.dtype(self.x_zero)
-        if self.trans_a:
-            xc = xc.T
-        return [self.epilogue.run(np.matmul(xc, self.weight), log)]
+        acc = np.matmul(xc.T if self.trans_a else xc, self.weight)
+        return [self.epilogue.run(acc if self.pairs is None else self.pairs.apply(x, acc, log), log)]
 
 
 def _gemm_c(ctx: Context, node, acc_scale: np.ndarray, beta: float) -> np.ndarray | None:
@@ -338,6 +351,8 @@ def matmul(ctx: Context, group: GroupEntry):
     if group.weight is None:
         return _two_activations(ctx, group, node, alpha, beta, trans_a, trans_b)
     w, wp = _weight_codes(ctx, group.weight)
+    pairs = matmul_pairs(node.op_type, _raw_codes(w, wp), trans_a, trans_b, x, node.name,
+                         negate=alpha < 0) if ctx.cpu == "x86-avx2" else None
     if trans_b:
         w = w.T
     n_out = w.shape[-1]
@@ -359,7 +374,7 @@ def matmul(ctx: Context, group: GroupEntry):
     factors = (s_x, s_w) if abs(alpha) == 1.0 else (abs(alpha), s_x, s_w)
     epi = _epilogue(ctx, group, acc_bound=acc_bound, factors=factors, bias=bias,
                     shape=(n_out,) if per_channel else ())
-    return MatMulKernel(np.ascontiguousarray((sign * w).astype(dtype)), zp_x, trans_a, dtype, epi)
+    return MatMulKernel(np.ascontiguousarray((sign * w).astype(dtype)), zp_x, trans_a, dtype, epi, pairs)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ptqcli.choices import REQUANT  # noqa: F401  (the simulator's callers read it here)
 from ptqcli.errors import UnsupportedError
 from ptqcli.quantize.qparams import LIMITS, NUMPY
 
@@ -35,9 +36,6 @@ INT32_MIN, INT32_MAX = LIMITS["int32"]
 FLOAT64_EXACT = 2 ** 53
 #: Float32 sums of integers are exact while every partial sum is below this.
 FLOAT32_EXACT = 2 ** 24
-#: The requantization arithmetics: an int32 multiplier and a rounding right shift (integer
-#: hardware, TFLite, most NPUs), or a float32 factor (ONNX Runtime's CPU kernels, XNNPACK).
-REQUANT = ("fixed", "fp32")
 #: Multipliers beyond this are refused (a tensor whose scale is ~2**-40 times its input's).
 MAX_MULTIPLIER = 2.0 ** 40
 

@@ -16,7 +16,8 @@ from typing import Iterable
 import numpy as np
 import onnx
 
-from ptqcli.errors import OptionError, TableError
+from ptqcli.errors import Option, OptionError, TableError
+from ptqcli.export.qdq import check_params
 from ptqcli.graph import InputSpec, Prepared, attr, opset
 from ptqcli.quantize.qparams import QuantParams, dequantize, quantize
 from ptqcli.quantize.scale_table import GroupEntry, ScaleTable
@@ -24,6 +25,7 @@ from ptqcli.sim import elementwise, floatops, registry
 from ptqcli.sim.base import Context, Log, NoKernel, scalar
 from ptqcli.sim.fixed import REQUANT, multiplier, saturate, span
 from ptqcli.sim.movement import ConcatKernel, Move
+from ptqcli.sim.pairs import CPUS
 
 CODES, VALUE = "codes", "value"
 
@@ -95,6 +97,7 @@ def check(prepared: Prepared, table: ScaleTable) -> None:
     for name in table.tensors:
         if name not in index.producer and name not in index.initializers and name not in index.input_names:
             raise TableError(f"{label}: tensor {name!r} is not in {prepared.source.name}")
+    check_params(prepared, table, label)
 
 
 @dataclass(frozen=True)
@@ -182,16 +185,20 @@ def _touches_float(ctx: Context, node: onnx.NodeProto) -> bool:
     return any(n and ctx.index.is_float(n) for n in list(node.input) + list(node.output))
 
 
-def build(prepared: Prepared, table: ScaleTable, *, keep: Iterable[str] = (), requant: str = "fixed") -> Program:
+def build(prepared: Prepared, table: ScaleTable, *, keep: Iterable[str] = (), requant: str = "fixed",
+          cpu: str = "exact") -> Program:
     """The program for ``prepared`` quantized by ``table``; ``keep``: tensors a run must return
     besides the graph outputs; ``requant``: the arithmetic of requantization, ``fixed`` or
-    ``fp32`` (see :mod:`ptqcli.sim.fixed`)."""
+    ``fp32`` (see :mod:`ptqcli.sim.fixed`); ``cpu``: the accumulation, ``exact`` or
+    ``x86-avx2`` (see :mod:`ptqcli.sim.pairs`)."""
     if requant not in REQUANT:
-        raise OptionError(f"--requant {requant!r}: expected one of {', '.join(REQUANT)}")
+        raise OptionError(Option("requant", requant), f": expected one of {', '.join(REQUANT)}")
+    if cpu not in CPUS:
+        raise OptionError(Option("cpu", cpu), f": expected one of {', '.join(CPUS)}")
     check(prepared, table)
     index = prepared.index
     ctx = Context(index, table, opset(prepared.model), tuple(prepared.model.opset_import), prepared.model.ir_version,
-                  requant)
+                  requant, cpu)
     params = {n: e.params for n, e in table.tensors.items() if e.role == "activation"}
     steps: list[Step] = []
     fallbacks: list[Fallback] = []

@@ -10,8 +10,10 @@ from typing import Callable, ContextManager
 from ptqcli.analysis.evaluate import read_labels
 from ptqcli.analysis.metrics import finite_or_none
 from ptqcli.graph import prepare
-from ptqcli.observe.dataset import ImageSpec, list_samples
+from ptqcli.observe.dataset import ImageSpec, image_note, list_samples
 from ptqcli.quantize import scale_table
+from ptqcli.runtime import Int8Arithmetic, int8_arithmetic
+from ptqcli.sim import resolve_cpu
 from ptqcli.sim.compare import Comparison, TensorComparison, compare
 from ptqcli.sim.program import check
 
@@ -22,13 +24,17 @@ class SimulationReport:
     table: str
     batch_size: int
     requant: str
+    cpu: str
+    ort_arithmetic: Int8Arithmetic
     comparison: Comparison
 
     def as_json(self) -> dict:
         c = self.comparison
         return {
             "model": self.model, "table": self.table, "samples": c.samples, "batch_size": self.batch_size,
-            "requant": self.requant,
+            "requant": self.requant, "cpu": self.cpu,
+            "ort_arithmetic": {"cpu": self.ort_arithmetic.cpu, "vnni": self.ort_arithmetic.vnni,
+                               "description": self.ort_arithmetic.describe()},
             "outputs": {t.name: _tensor_json(t) for t in c.outputs},
             "output_codes": {t.name: _tensor_json(t) for t in c.output_codes},
             "output_codes_within_1": c.output_codes_within1,
@@ -39,13 +45,18 @@ class SimulationReport:
             "seconds_per_sample": _per_sample(c),
             "fallbacks": [{"node": f.node, "op_type": f.op_type, "reason": f.reason} for f in c.fallbacks],
             "overflows": [{"node": o.node, "count": o.count, "peak": o.peak} for o in c.overflows],
+            "saturations": [{"node": s.node, "count": s.count} for s in c.saturations],
         }
 
     def as_text(self) -> str:
         c = self.comparison
         batch = self.batch_size or "auto"
         lines = [f"{c.samples} samples (batch {batch}): simulator of {self.model} with {self.table}, "
-                 f"{self.requant} requantization"]
+                 f"{self.requant} requantization, {CPU_TEXT[self.cpu]}",
+                 f"  ORT QDQ: {self.ort_arithmetic.describe()}"]
+        if self.cpu != self.ort_arithmetic.cpu:
+            lines.append(f"  (the simulator models {CPU_TEXT[self.cpu]}: its codes differ from ORT's where pairs "
+                         f"saturate; --cpu native follows this machine)")
         for t in c.outputs:
             lines.append(f"  output {t.name}: " + _tensor_text(t))
         for t in c.output_codes:
@@ -65,6 +76,9 @@ class SimulationReport:
         lines.append(f"  time per sample: simulator {per['sim'] * 1e3:.3f} ms, ORT QDQ {per['ort'] * 1e3:.3f} ms{ratio}")
         lines.append("  int32 overflows: " + (", ".join(f"{o.node} ({o.count} values, peak {o.peak})"
                                                      for o in c.overflows) or "none"))
+        if self.cpu == "x86-avx2":
+            lines.append("  int16 pair sums saturated: " + (", ".join(f"{s.node} ({s.count})" for s in c.saturations)
+                                                            or "none"))
         lines.append(f"  float fallbacks: {len(c.fallbacks) or 'none'}")
         lines.extend(f"    {f.node} ({f.op_type}): {f.reason}" for f in c.fallbacks)
         if c.layers:
@@ -83,6 +97,10 @@ class SimulationReport:
             lines.append(f"  first tensor whose kernel differs from ORT on ORT's own inputs: "
                          f"{c.first_local_difference or 'none'}")
         return "\n".join(lines)
+
+
+#: How the report names each accumulation arithmetic.
+CPU_TEXT = {"exact": "exact int32 accumulation", "x86-avx2": "x86 AVX2 int16 pair sums"}
 
 
 def _db(x: float) -> str:
@@ -114,19 +132,22 @@ def _tensor_text(t: TensorComparison) -> str:
 
 def _codes_text(t: TensorComparison) -> str:
     codes = t.sim_vs_ort
+    if not codes.count:
+        return f"{t.dtype} codes not compared (ORT QDQ exposes none for this tensor)"
     return (f"{t.dtype} codes vs ORT QDQ {codes.equal_fraction:.2%} equal, {codes.within1_fraction:.2%} "
             f"within 1 (max {codes.max_diff})")
 
 
 def simulation_report(model: pathlib.Path, table: pathlib.Path, data: pathlib.Path, *, labels: pathlib.Path | None,
                       batch_size: int, limit: int | None, image: ImageSpec, per_layer: bool, requant: str,
-                      progress: Callable[[int], ContextManager[Callable[[int], None]]]) -> SimulationReport:
+                      cpu: str, progress: Callable[[int], ContextManager[Callable[[int], None]]]) -> SimulationReport:
     prepared = prepare(model)
     loaded = scale_table.load(table)
     check(prepared, loaded)
     files = list_samples(data, limit=limit)
+    image_note(files, prepared.inputs, image)
     with progress(len(files)) as update:
         result = compare(prepared, loaded, files, batch_size=batch_size, image=image,
                          labels=read_labels(labels) if labels else None, per_layer=per_layer,
-                         requant=requant, progress=update)
-    return SimulationReport(str(model), str(table), batch_size, requant, result)
+                         requant=requant, cpu=resolve_cpu(cpu), progress=update)
+    return SimulationReport(str(model), str(table), batch_size, requant, resolve_cpu(cpu), int8_arithmetic(), result)

@@ -15,6 +15,7 @@ import numpy as np
 from ptqcli.errors import DataError
 from ptqcli.quantize.qparams import QuantParams, dequantize, quantize
 from ptqcli.sim.base import Log, Overflow
+from ptqcli.sim.pairs import Saturation
 from ptqcli.sim.program import CODES, Fallback, Program
 
 
@@ -31,11 +32,13 @@ class SimTensor:
 @dataclass(frozen=True)
 class SimOutputs:
     """What a run returns: the tensors asked for (graph outputs by default), the int32
-    overflows seen, and the nodes the program computes in float."""
+    overflows seen, the nodes the program computes in float, and (``cpu="x86-avx2"``) the
+    int16 pair sums that saturated."""
 
     tensors: dict[str, SimTensor]
     overflows: tuple[Overflow, ...]
     fallbacks: tuple[Fallback, ...]
+    saturations: tuple[Saturation, ...] = ()
 
 
 class _Store:
@@ -107,4 +110,5 @@ def run(program: Program, feeds: Mapping[str, np.ndarray], *, keep: Iterable[str
         store.drop(step.release)
     keep = program.keep if keep is None else tuple(keep)
     wanted = tuple(dict.fromkeys(tuple(program.outputs) + keep))
-    return SimOutputs({name: store.result(name) for name in wanted}, tuple(log.overflows), program.fallbacks)
+    return SimOutputs({name: store.result(name) for name in wanted}, tuple(log.overflows), program.fallbacks,
+                      tuple(log.saturations))
