@@ -25,7 +25,10 @@ from ptqcli.observe import collect, probes
 from ptqcli.observe.dataset import Batch
 from ptqcli.quantize.decide import CalibrationOptions, build_table
 
-CHANNELS = [2, 3, 5, 6, 7, 8, 12, 15, 16, 30, 32, 60, 64, 100, 120, 128, 255, 256, 360, 512, 768, 1000, 1024]
+#: Inner sizes from 2 to 1,024: every power of two, the issue's 120 and 360, 768 (a transformer
+#: width), and sizes with many small factors (the strides a first sample could give).
+CHANNELS = [2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 15, 16, 21, 24, 30, 32, 48, 60, 64, 96, 100, 105, 120, 128,
+            192, 210, 255, 256, 360, 384, 512, 640, 768, 1000, 1020, 1024]
 OUTLIER = -10.0
 SUBSAMPLE = 256
 SAMPLES = 8
