@@ -1,20 +1,20 @@
 # Two commands that work on a fresh machine:
 #   make demo   install into .venv, then calibrate -> export -> evaluate -> simulate the bundled sample model
-#   make test   install with the test extras into .venv, then run the whole suite
+#   make test   install with the test and dask extras into .venv, then run the whole suite
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO := build/demo
 SAMPLES := sample_models
 
-.PHONY: install qemu demo demo-all test bench bench-data bench-fonts bench-smoke bench-latency bench-saturation bench-rounding samples clean
+.PHONY: install qemu demo demo-all test bench bench-data bench-fonts bench-smoke bench-latency bench-saturation bench-rounding bench-scale samples clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/python -m pip install -q '.[test]'
+	$(BIN)/python -m pip install -q '.[test,dask]'
 
 demo: install
 	mkdir -p $(DEMO)
@@ -77,6 +77,11 @@ bench-saturation: bench-data qemu
 # weights with and without equalization, data-free (writes bench/results-rounding.*; hours).
 bench-rounding: bench-data
 	$(BIN)/python -m bench.rounding
+
+# 5,000 calibration samples: memory, --workers 2 throughput, resume cost (writes bench/results-scale.json).
+bench-scale: install bench-fonts
+	$(BIN)/python -m bench.fetch
+	$(BIN)/python -m bench.scale
 
 bench-smoke: install bench-fonts
 	$(BIN)/python -m bench.fetch

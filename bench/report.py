@@ -29,6 +29,21 @@ def _status(v: dict) -> str | None:
     return None
 
 
+def _clipped_cell(v: dict) -> str:
+    """The largest difference, over the observed tensors, between the clipped mass the histogram
+    predicts for the chosen range and the mass counted on every value; the counted mass there."""
+    mass = v.get("clipped_mass")
+    if not mass:
+        return "–"
+    if "worst" not in mass:
+        return mass.get("status", "–")
+    worst = mass["worst"]
+    if worst is None:
+        return "none observed"
+    flag = "" if not mass["outside_bound"] else f", {len(mass['outside_bound'])} outside"
+    return f"{100 * worst['difference']:.4f} % ({100 * worst['counted']:.3f} %{flag})"
+
+
 def _rows(name: str, t: dict, cfg: dict) -> list[list[str]]:
     metric = t["metric"]
     fl = t["float_eval"].get("float", {})
@@ -54,6 +69,7 @@ def _rows(name: str, t: dict, cfg: dict) -> list[list[str]]:
     rows.append(row("SQNR dB, logits", "–", lambda v: _num(v.get("logits_sqnr_db"), 1)))
     rows.append(row("cosine", "1", lambda v: _num(v.get("cosine"), 4)))
     rows.append(row("onnx.checker full", "–", lambda v: v.get("checker", "–").split(":")[0]))
+    rows.append(row("clipped mass: worst \\|predicted − counted\\| (counted)", "–", _clipped_cell))
     rows.append(row(f"calib time ×float @{cfg['calib']}", f"1× = {_num(ft, 2)} s",
                     lambda v: ratio(v.get("calib_seconds"), ft) if "calib_seconds" in v
                     else f"+{v['table_seconds']:.1f} s" if "table_seconds" in v else "–"))
@@ -101,6 +117,13 @@ def targets(name: str, t: dict, cfg: dict) -> list[str]:
         line(best_ort_sqnr is None or sq >= best_ort_sqnr, f"SQNR of {DEFAULT_METHOD} {sq:.1f} dB; best ORT {_num(best_ort_sqnr, 1)} dB")
     else:
         line(False, f"{DEFAULT_METHOD} produced no evaluated model ({_status(v.get(DEFAULT_METHOD, {}))})")
+    mass = v.get(DEFAULT_METHOD, {}).get("clipped_mass") or {}
+    if "worst" in mass and mass["worst"] is not None:
+        w = mass["worst"]
+        line(not mass["outside_bound"],
+             f"clipped mass of {DEFAULT_METHOD}: histogram predicts {100 * w['predicted']:.4f} %, every value counted "
+             f"{100 * w['counted']:.4f} % on {w['tensor']} (largest difference of {mass['tensors']} tensors; needs "
+             f"within 10 % or 0.01 %)" + (f"; outside: {', '.join(mass['outside_bound'][:5])}" if mass["outside_bound"] else ""))
     failed = [c for c in COLUMNS if c.startswith("ptq") and not ok(c)]
     line(not failed, "every ptq method runs from one observation pass" + (f" (failed: {', '.join(failed)})" if failed else ""))
     checks = {c: v[c].get("checker") for c in COLUMNS if c.startswith("ptq") and ok(c)}

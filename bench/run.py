@@ -49,6 +49,7 @@ class RunConfig:
     eval_limit: int | None   # evaluation samples (None: the whole folder)
     timeout: float           # seconds per quantizer / export / evaluation process
     mem_gib: float           # address-space cap per process
+    ort: bool = True         # also run ONNX Runtime's quantize_static variants
 
 
 def _log(message: str) -> None:
@@ -138,6 +139,21 @@ def ptq_export(task: Task, table: pathlib.Path, cfg: RunConfig) -> tuple[dict, p
     return {}, out
 
 
+def clipped_mass(task: Task, observations: pathlib.Path, tables: dict[str, pathlib.Path], samples: int,
+                 cfg: RunConfig, wdir: pathlib.Path) -> dict:
+    """``bench.clipped_mass`` over every ptq table in one process: per column, the largest
+    difference between the clipped mass the histograms predict and the mass counted on every value."""
+    cmd = [PY, "-m", "bench.clipped_mass", str(task.model_path), str(observations), str(task.calib_dir),
+           "--limit", str(samples)]
+    for table in tables.values():
+        cmd += ["--table", str(table)]
+    o = procs.run(cmd, timeout=cfg.timeout, mem_gib=cfg.mem_gib, log=wdir / "clipped-mass.log")
+    if o.status != "ok":
+        return {column: {"status": o.status} for column in tables}
+    found = _json_line(o.stdout)["tables"]
+    return {column: found[str(table)] for column, table in tables.items()}
+
+
 def float_time(task: Task, samples: int, cfg: RunConfig, wdir: pathlib.Path) -> dict:
     """Plain float inference over the calibration samples, in its own process."""
     o = procs.run([PY, "-m", "bench.float_time", str(task.model_path), str(task.calib_dir), "--limit", str(samples)],
@@ -158,11 +174,12 @@ def run_task(task: Task, cfg: RunConfig) -> dict:
     result: dict = {"metric": task.metric, "calib_samples": cfg.calib, "variants": {}, "scaling": {}}
     result["float_eval"] = evaluate(task, None, cfg, wdir / "float.eval.json")
     result["float_time"] = float_time(task, cfg.calib, cfg, wdir)
-    for column, method, pre in ORT_VARIANTS:
+    for column, method, pre in ORT_VARIANTS if cfg.ort else ():
         _log(f"{task.name}: {column}")
         result["variants"][column] = ort_variant(task, method, pre, cfg.calib, cfg, wdir / "ort")
     _log(f"{task.name}: ptq observe")
     observed, obs_path = ptq_observe(task, cfg.calib, wdir / "ptq", cfg)
+    tables = {}
     for method in PTQ_METHODS:
         _log(f"{task.name}: ptq-{method}")
         if obs_path is None:
@@ -172,11 +189,16 @@ def run_task(task: Task, cfg: RunConfig) -> dict:
         if method == "max":
             entry = dict(observed)
         if table is not None:
+            tables[f"ptq-{method}"] = table
             exported, model = ptq_export(task, table, cfg)
             entry.update(exported)
             if model is not None:
                 entry.update(evaluate(task, model, cfg, model.with_suffix(".eval.json")))
         result["variants"][f"ptq-{method}"] = entry
+    if tables:
+        _log(f"{task.name}: clipped mass, predicted vs counted")
+        for column, mass in clipped_mass(task, obs_path, tables, cfg.calib, cfg, wdir / "ptq").items():
+            result["variants"][column]["clipped_mass"] = mass
     if cfg.scale:
         result["scaling"] = run_scaling(task, cfg, wdir, result["variants"])
     return result
@@ -189,7 +211,7 @@ def run_scaling(task: Task, cfg: RunConfig, wdir: pathlib.Path, variants: dict) 
     rows = {"float_time": float_time(task, samples, cfg, wdir)}
     _log(f"{task.name}: scaling ptq observe @{samples}")
     rows["ptq"], _ = ptq_observe(task, samples, wdir / "ptq", cfg)
-    for column, method, pre in ORT_VARIANTS:
+    for column, method, pre in ORT_VARIANTS if cfg.ort else ():
         if pre:
             continue
         if variants[column]["status"] != "ok":
@@ -229,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-limit", type=int, default=None, help="evaluation samples (default all; smoke 200)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per process (default 900; smoke 120)")
     parser.add_argument("--mem-gib", type=float, default=16.0, help="address-space cap per process in GiB")
+    parser.add_argument("--ptq-only", action="store_true", help="skip ONNX Runtime's quantize_static variants")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="results stem (default bench/results[-smoke])")
     args = parser.parse_args(argv)
     default_tasks = ("cls", "magika") if args.smoke else tuple(TASKS)
@@ -236,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
                     calib=args.calib or (50 if args.smoke else 100),
                     scale=None if args.smoke and args.scale is None else (args.scale or 500),
                     eval_limit=args.eval_limit or (200 if args.smoke else None),
-                    timeout=args.timeout or (120.0 if args.smoke else 900.0), mem_gib=args.mem_gib)
+                    timeout=args.timeout or (120.0 if args.smoke else 900.0), mem_gib=args.mem_gib,
+                    ort=not args.ptq_only)
     for name in cfg.tasks:
         if not TASKS[name].model_path.exists() or not TASKS[name].calib_dir.exists():
             sys.exit(f"bench: {name}: model or data missing; run python -m bench.fetch and python -m bench.data")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -95,18 +96,22 @@ def _run(width_exp: int, minimum: float, maximum: float) -> tuple[int, int]:
     return math.floor(minimum / width), math.floor(maximum / width)
 
 
-def update(hist: Histogram, values: np.ndarray, *, minimum: float | None = None,
+def update(hist: Histogram, values: np.ndarray | Sequence[np.ndarray], *, minimum: float | None = None,
            maximum: float | None = None) -> Histogram:
-    """Return ``hist`` with the finite float ``values`` counted.
+    """Return ``hist`` with the finite float ``values`` counted (an array, or a list of arrays
+    of one dtype, counted together without first being joined).
 
     ``values`` may be a subsample of a tensor; ``minimum``/``maximum`` then give the exact
-    extremes of the whole tensor (computed elsewhere): they widen the recorded extremes and the
-    grid although only ``values`` are counted.
+    extremes of the whole tensor (computed elsewhere, so they bound ``values``): they widen the
+    recorded extremes and the grid although only ``values`` are counted.  An extreme not given
+    is that of ``values``.
     """
-    values = np.asarray(values).ravel()
+    parts = [np.asarray(v).reshape(-1) for v in (values if isinstance(values, (list, tuple)) else [values])]
+    parts = [v for v in parts if v.size]
     lo, hi = hist.minimum, hist.maximum
-    if values.size:
-        lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+    if parts:
+        lo = min(lo, min(float(v.min()) for v in parts) if minimum is None else minimum)
+        hi = max(hi, max(float(v.max()) for v in parts) if maximum is None else maximum)
     if minimum is not None:
         lo, hi = min(lo, minimum), max(hi, minimum)
     if maximum is not None:
@@ -116,11 +121,20 @@ def update(hist: Histogram, values: np.ndarray, *, minimum: float | None = None,
     width_exp = width_exp_for(max(abs(lo), abs(hi)))
     first, last = _run(width_exp, lo, hi)
     counts = _rebin(hist, width_exp, first, last)
-    if values.size:
+    if parts:
         # Scaling by a power of two is exact, so values on a bin edge land in the same bin in
-        # float32 as they would in exact arithmetic.
-        scaled = values * values.dtype.type(math.ldexp(1.0, -width_exp))
-        counts += np.bincount(np.floor(scaled).astype(np.int64) - first, minlength=len(counts))
+        # float32 as they would in exact arithmetic; floor, cast and shift in place.
+        dtype = parts[0].dtype
+        scale = dtype.type(math.ldexp(1.0, -width_exp))
+        index = np.empty(sum(v.size for v in parts), dtype)
+        at = 0
+        for v in parts:
+            np.multiply(v, scale, out=index[at:at + v.size])
+            at += v.size
+        np.floor(index, out=index)
+        index = index.astype(np.intp)
+        index -= first
+        counts += np.bincount(index, minlength=len(counts))
     return Histogram(width_exp, first, counts, lo, hi)
 
 
@@ -173,12 +187,27 @@ def push_through(hist: Histogram, f) -> Histogram:
 
     Each bin's count goes to ``f`` of its centre (clipped to the observed extremes); the extremes
     are those of ``f`` over the bin edges and the exact input extremes, so they are exact for a
-    monotonic ``f`` and within ``f``'s variation over one bin otherwise."""
+    monotonic ``f`` and within ``f``'s variation over one bin otherwise.  In two steps for a
+    caller that evaluates many functions at once: ``pushed(hist, f(push_points(hist)))``."""
     if hist.total == 0:
         return empty()
+    return pushed(hist, np.asarray(f(push_points(hist))))
+
+
+def push_points(hist: Histogram) -> np.ndarray:
+    """Where ``push_through`` evaluates ``f``: the bin centres, then the bin edges and the exact
+    extremes, all clipped to the extremes (float32)."""
     centers = np.clip(hist.centers(), hist.minimum, hist.maximum)
     edges = np.concatenate([np.clip(hist.edges(), hist.minimum, hist.maximum), [hist.minimum, hist.maximum]])
-    y = np.asarray(f(np.concatenate([centers, edges]).astype(np.float32)), dtype=np.float64)
-    y_centers, y_edges = y[:len(centers)], y[len(centers):]
+    return np.concatenate([centers, edges]).astype(np.float32)
+
+
+def pushed(hist: Histogram, y: np.ndarray) -> Histogram:
+    """The histogram ``push_through`` builds from ``y = f(push_points(hist))``."""
+    if hist.total == 0:
+        return empty()
+    y = np.asarray(y, dtype=np.float64)
+    n = len(hist.counts)
+    y_centers, y_edges = y[:n], y[n:]
     keep = hist.counts > 0
     return from_counts(y_centers[keep], hist.counts[keep], float(y_edges.min()), float(y_edges.max()))

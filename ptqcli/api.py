@@ -38,10 +38,10 @@ from ptqcli.quantize.scale_table import ScaleTable
 from ptqcli.sim import SimOutputs
 
 __all__ = ["Agreement", "CalibrateResult", "CalibrationOptions", "DataOptions", "Evaluation", "ImageSpec",
-           "PathLike", "ProgressFactory", "PtqError", "RunConfig", "RunResult", "ScaleTable", "Sensitivity",
-           "SensitivityResult", "SimOutputs", "SkippedSample", "calibrate", "default_table_path", "evaluate",
-           "export", "load_run_config", "observations_path_for", "run", "sensitivity", "sensitivity_arithmetic",
-           "simulate"]
+           "PassOptions", "PathLike", "ProgressFactory", "PtqError", "RunConfig", "RunResult", "ScaleTable",
+           "Sensitivity", "SensitivityResult", "SimOutputs", "SkippedSample", "calibrate", "checkpoint_path_for",
+           "default_table_path", "evaluate", "export", "load_run_config", "observations_path_for", "run",
+           "sensitivity", "sensitivity_arithmetic", "simulate"]
 
 PathLike = _typing.Union[str, _os.PathLike]
 
@@ -118,6 +118,96 @@ def observations_path_for(table_path: PathLike) -> _pathlib.Path:
     return table_path.with_name(table_path.name.removesuffix(".json") + ".obs.npz")
 
 
+def checkpoint_path_for(table_path: PathLike) -> _pathlib.Path:
+    """``t.json`` -> ``t.obs.ckpt.npz``: where ``calibrate`` checkpoints its pass."""
+    table_path = _pathlib.Path(table_path)
+    return table_path.with_name(table_path.name.removesuffix(".json") + ".obs.ckpt.npz")
+
+
+@_dataclasses.dataclass(frozen=True)
+class PassOptions:
+    """How the observation pass runs.
+
+    ``checkpoint_every``: samples between two checkpoints (0: none); ``resume``: continue from
+    the checkpoint an interrupted run left (none there: start from the first sample); ``workers``:
+    shard the samples over that many local Dask worker processes, or over the workers of the Dask
+    ``scheduler`` at that address (needs ``pip install ptq[dask]``; no checkpoints)."""
+
+    checkpoint_every: int = 256
+    resume: bool = False
+    workers: int | None = None
+    scheduler: str | None = None
+
+    def validate(self) -> None:
+        if self.checkpoint_every < 0:
+            raise _OptionError(_Option("checkpoint_every"), f" must be 0 (no checkpoints) or more, "
+                                                          f"got {self.checkpoint_every}")
+        if self.workers is not None and self.workers < 1:
+            raise _OptionError(_Option("workers"), f" must be at least 1, got {self.workers}")
+        if self.workers is not None and self.scheduler is not None:
+            raise _OptionError(_Option("workers"), " starts a local cluster; ", _Option("scheduler"),
+                               " uses a running one: give one of them")
+        if self.resume and self.distributed:
+            raise _OptionError(_Option("resume"), " continues a single-process pass; a distributed pass (",
+                               _Option("workers" if self.workers is not None else "scheduler"),
+                               ") keeps no checkpoint")
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers is not None or self.scheduler is not None
+
+
+def _observe(prepared, tensors, samples, data_options: DataOptions, pass_options: PassOptions, subsample: int,
+             ckpt_path: _pathlib.Path, update: _typing.Callable[[int], None], on_bad=None):
+    """The observation pass over ``samples``: checkpointed every ``pass_options.checkpoint_every``
+    samples and resumed from ``ckpt_path``, or sharded over Dask workers."""
+    from ptqcli.observe import checkpoint, collect
+    from ptqcli.observe.dataset import batches
+
+    budget = collect.BATCH_BYTES if data_options.batch_size is None else None
+
+    def feed(start: int = 0):
+        return batches(samples, prepared.inputs, batch_size=data_options.batch_size, image=data_options.image,
+                       start=start, on_bad=on_bad)
+
+    if pass_options.distributed:
+        from ptqcli.observe import distributed
+
+        return distributed.observe(prepared, tensors, samples, image=data_options.image,
+                                   batch_size=data_options.batch_size, subsample=subsample, budget=budget,
+                                   workers=pass_options.workers, scheduler=pass_options.scheduler, progress=update)
+    key = checkpoint.Key.of(prepared.fingerprint, samples, {
+        "tensors": list(tensors), "subsample": subsample, "batch_size": data_options.batch_size,
+        "image": _dataclasses.asdict(data_options.image), "budget": budget})
+    state = None
+    if pass_options.resume:
+        if ckpt_path.exists():
+            state = checkpoint.load(ckpt_path, key)
+            _log.warning(f"resuming from {ckpt_path}: {state.samples} samples observed")
+        else:
+            _log.warning(f"no checkpoint {ckpt_path} to resume from; starting from the first sample")
+    saved: list[int] = []
+
+    def save(s: collect.PassState) -> None:
+        checkpoint.save(s, key, ckpt_path)
+        saved.append(s.samples)
+
+    every = pass_options.checkpoint_every
+    try:
+        if state is None:
+            return collect.observe(prepared, tensors, feed(), subsample=subsample, progress=update, budget=budget,
+                                   again=feed, checkpoint=save if every else None, every=every)
+        update(state.files if not state.recount else len(samples))
+        return collect.observe(prepared, tensors, feed(len(samples) if state.recount else state.files),
+                               subsample=subsample, progress=update, budget=budget, again=feed, resume=state,
+                               first=next(feed(), None), checkpoint=save if every else None, every=every)
+    except KeyboardInterrupt as exc:
+        done = saved[-1] if saved else state.samples if state is not None else None
+        if done is not None and ckpt_path.exists():
+            raise _Interrupted(getattr(exc, "signum", _signal.SIGINT), checkpoint=str(ckpt_path), done=done) from None
+        raise
+
+
 def _no_progress(total: int) -> _typing.ContextManager[_typing.Callable[[int], None]]:
     return _nullcontext(lambda n: None)
 
@@ -159,17 +249,21 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
               data_options: DataOptions = DataOptions(), subsample: int | None = None,
               on_bad_sample: str = "fail", progress: ProgressFactory = _no_progress,
               range_progress: ProgressFactory = _no_progress,
-              rounding_progress: ProgressFactory = _no_progress) -> CalibrateResult:
+              rounding_progress: ProgressFactory = _no_progress,
+              pass_options: PassOptions = PassOptions()) -> CalibrateResult:
     """Observe ``data`` (or load saved ``observations``), choose every range, write the table.
 
     ``output``: the table (default ``default_table_path(model)``); a new pass saves its
     observations beside it (``observations_path_for``) as soon as the pass ends, so a search
     interrupted after it can be resumed from them.  ``progress`` follows the pass (samples),
-    ``range_progress`` the choice of ranges (steps).  ``subsample``: histogram values per
+    ``range_progress`` the choice of ranges (steps).  ``pass_options``: checkpoints and resuming,
+    workers (see ``PassOptions``); the checkpoint goes beside the table (``checkpoint_path_for``)
+    and is removed once the observations are saved.  ``subsample``: histogram values per
     sample and tensor (default ``ptqcli.observe.collect.SUBSAMPLE``).  ``on_bad_sample``:
     ``fail`` stops at a sample that cannot be read or fails its checks; ``skip`` leaves it out
     (logged on ``ptq``, listed in ``CalibrateResult.skipped``): the table is the one the folder
-    without it gives.
+    without it gives (a single-process pass without checkpoints: the positions a checkpoint or a
+    shard records count files, and a skipped file would shift them).
 
     ``options.rounding`` (``ptqcli.rounding``): ``equalize`` rescales the weights before anything
     is observed; ``data_free`` observes synthetic tensors drawn from the BatchNorm statistics
@@ -217,8 +311,16 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
     table_path = _pathlib.Path(output) if output is not None else default_table_path(model)
     obs_path = observations_path_for(table_path) if observations is None else _pathlib.Path(observations)
     samples = list_samples(data, limit=data_options.limit) if data is not None else []
+    pass_options.validate()
+    if on_bad_sample == "skip":
+        if pass_options.resume or pass_options.distributed:
+            raise _OptionError(_Option("on_bad_sample", "skip"), " runs in one process from the first sample: drop ",
+                               _Option("resume" if pass_options.resume else
+                                       "workers" if pass_options.workers is not None else "scheduler"))
+        pass_options = _dataclasses.replace(pass_options, checkpoint_every=0)
+    ckpt_path = checkpoint_path_for(table_path)
     outputs = [("output", table_path), ("output", sidecar_path(table_path))] + \
-        ([("output", obs_path)] if observations is None else [])
+        ([("output", obs_path), ("output", ckpt_path)] if observations is None else [])
     inputs = [("model", model)] + ([("observations file", observations)] if observations is not None else []) + \
         [("data sample", f) for f in samples]
     with _files.claimed(outputs, inputs):
@@ -265,14 +367,13 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
             t0 = _time.perf_counter()
             with progress(len(samples)) as update:
                 def skip_counted(path: _pathlib.Path, exc: DataError) -> None:
-                    skip(path, exc)
-                    update(1)
+                    if path not in {s.file for s in skipped}:  # the guard's second reading meets it again
+                        skip(path, exc)
+                        update(1)
 
-                feed = batches(samples, prepared.inputs, batch_size=data_options.batch_size, image=data_options.image,
+                obs = _observe(prepared, tensors, samples, data_options, pass_options,
+                               collect.SUBSAMPLE if subsample is None else subsample, ckpt_path, update,
                                on_bad=skip_counted if on_bad_sample == "skip" else None)
-                budget = collect.BATCH_BYTES if data_options.batch_size is None else None
-                obs = collect.observe(prepared, tensors, feed, subsample=collect.SUBSAMPLE if subsample is None
-                                      else subsample, progress=update, budget=budget)
             obs = derive(prepared, obs, derived)
             seconds_observe = _time.perf_counter() - t0
         if skipped and len(skipped) == len(samples):  # nothing left to observe or to score
@@ -282,6 +383,7 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
         try:
             if observations is None:
                 obs_io.save(obs, obs_path)  # now: a search interrupted later can resume from it
+                ckpt_path.unlink(missing_ok=True)  # the observations replace it
             groups = len(decisions.scales.sources)
             bad = {s.file for s in skipped}
             good = [f for f in samples if f not in bad]

@@ -56,6 +56,9 @@ def _interrupted(exc: KeyboardInterrupt) -> _Failure:
     if isinstance(exc, Interrupted) and exc.observations:
         text += (f"; the observations in {exc.observations} are complete: rerun with --observations "
                  f"{exc.observations} to skip the pass")
+    elif isinstance(exc, Interrupted) and exc.checkpoint:
+        text += (f"; the checkpoint {exc.checkpoint} holds {exc.done} samples: rerun with --resume to "
+                 f"continue from it")
     return _Failure(text, 128 + int(signum))
 
 
@@ -313,12 +316,22 @@ def main() -> None:
               show_default=True, help="AdaRound: Adam steps per layer.")
 @click.option("--adaround-samples", type=click.IntRange(min=16), default=RoundingOptions.adaround_samples,
               show_default=True, help="AdaRound: input rows (patches) per layer, spread over the samples.")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=256, show_default=True, metavar="N",
+              help="Save the pass's state every N samples beside the table (.table.obs.ckpt.npz; 0: never); "
+                   "it is removed when the pass ends.")
+@click.option("--resume", is_flag=True,
+              help="Continue the pass from the checkpoint an interrupted run left (same model, data and "
+                   "options); the table is the one an uninterrupted run writes.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Shard the samples over N local Dask worker processes (pip install ptq[dask]).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Shard the samples over the workers of a running Dask scheduler (pip install ptq[dask]).")
 @_data_options
 @_reported
 def calibrate(model, data, output, observations, method, method_for, percentile, symmetric, per_tensor_weights,
               int16, all_int8, exclude, fixed_range, cpu, on_bad_sample, weight_rounding, bias_correction,
-              weight_bits, equalize, data_free, adaround_iters, adaround_samples, batch_size, limit, size, mean, std,
-              layout, bgr, quiet, as_json) -> None:
+              weight_bits, equalize, data_free, adaround_iters, adaround_samples, checkpoint_every, resume, workers,
+              scheduler, batch_size, limit, size, mean, std, layout, bgr, quiet, as_json) -> None:
     """Observe MODEL on --data once and write its scale table."""
     from ptqcli import api
     from ptqcli.analysis.report import skipped_json
@@ -338,7 +351,8 @@ def calibrate(model, data, output, observations, method, method_for, percentile,
                            data_options=_data(batch_size, limit, size, mean, std, layout, bgr),
                            on_bad_sample=on_bad_sample, progress=_progress("observing", silent),
                            range_progress=ranges,
-                           rounding_progress=_progress("rounding weights", silent, unit="weights"))
+                           rounding_progress=_progress("rounding weights", silent, unit="weights"),
+                           pass_options=api.PassOptions(checkpoint_every, resume, workers, scheduler))
     table = result.table
     roles: dict[str, int] = {}
     for entry in table.tensors.values():

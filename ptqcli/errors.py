@@ -84,8 +84,11 @@ class Interrupted(KeyboardInterrupt):
 
     A ``KeyboardInterrupt``, so that ``except Exception`` never swallows it and every cleanup
     (temporary files, locks) runs as for Ctrl-C.  ``observations``: the observation file, when
-    the pass had ended and its file was complete before the interruption."""
+    the pass had ended and its file was complete before the interruption; ``checkpoint``: the
+    checkpoint the pass left (``resume`` continues from it) and ``done``, the samples it holds."""
 
-    def __init__(self, signum: int = signal.SIGINT, observations: str | None = None) -> None:
+    def __init__(self, signum: int = signal.SIGINT, observations: str | None = None,
+                 checkpoint: str | None = None, done: int = 0) -> None:
         super().__init__(signum)
         self.signum, self.observations = signum, observations
+        self.checkpoint, self.done = checkpoint, done

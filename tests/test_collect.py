@@ -5,7 +5,7 @@ from builders import conv_net, save, write_npy_folder
 
 from ptqcli.errors import DataError
 from ptqcli.graph import prepare
-from ptqcli.observe import collect
+from ptqcli.observe import collect, probes
 from ptqcli.observe.dataset import batches, list_samples
 from ptqcli.quantize.plan import analyse
 from ptqcli.quantize.scale_groups import observed_tensors
@@ -22,11 +22,13 @@ def run_observe(prepared, tensors, files, batch_size, subsample):
                            subsample=subsample)
 
 
-def test_strides_are_odd_and_cap_the_row():
+def test_strides_are_primes_that_do_not_divide_the_row_and_cap_it():
     assert collect.stride_for(100, 200) == 1
-    for row, cap in [(1000, 100), (1001, 100), (4096, 64), (50_000, 16_384)]:
+    assert collect.stride_for(4800, 4096) == 7  # 2, 3 and 5 divide 40 x 120
+    assert collect.stride_for(21600, 4096) == 7  # 60 x 360: not 5
+    for row, cap in [(1000, 100), (1001, 100), (4096, 64), (50_000, 16_384), (2 * 3 * 5 * 7 * 11 * 13, 1000)]:
         k = collect.stride_for(row, cap)
-        assert k % 2 == 1 and len(range(0, row, k)) <= cap
+        assert all(k % d for d in range(2, k)) and row % k and len(range(0, row, k)) <= cap
 
 
 def test_subsampled_observation_does_not_depend_on_batch_size(cnn, calib_dir):
@@ -45,16 +47,15 @@ def test_extremes_are_exact_and_the_body_is_a_subsample(cnn, calib_dir):
     prepared, tensors = cnn
     files = list_samples(calib_dir, limit=20)
     obs = run_observe(prepared, tensors, files, 5, subsample=100)
-    session = ort.InferenceSession(collect._exposing(prepared, tensors).SerializeToString(),
+    session = ort.InferenceSession(probes.exposing(prepared, tensors).SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     x = np.concatenate([np.load(f) for f in files])
     full = dict(zip(tensors, session.run(list(tensors), {"image": x})))
     for t in tensors:
         h, value = obs.histograms[t], full[t]
         assert (h.minimum, h.maximum) == (float(value.min()), float(value.max()))
-        row = value.size // len(value)
-        per_sample = len(range(0, row, collect.stride_for(row, 100)))
-        assert h.total == per_sample * len(files)
+        stride = collect.stride_for(value.size // len(value), 100)
+        assert h.total == len(range(0, value.size, stride))  # every stride-th value of the stream
     assert any(obs.histograms[t].total < full[t].size for t in tensors)  # subsampling happened
 
 
@@ -70,9 +71,9 @@ def test_nan_activation_names_the_tensor_and_files(tmp_path, cnn):
 def test_reducing_inside_the_runtime_or_in_numpy_gives_the_same_histograms(cnn, calib_dir, monkeypatch):
     prepared, tensors = cnn
     files = list_samples(calib_dir, limit=12)
-    monkeypatch.setattr(collect, "EXPOSE_ROW", 0)  # every tensor reduced in the graph
+    monkeypatch.setattr(probes, "EXPOSE_ROW", 0)  # every tensor reduced in the graph
     in_graph = run_observe(prepared, tensors, files, 5, subsample=100)
-    monkeypatch.setattr(collect, "EXPOSE_ROW", 1 << 30)  # every tensor copied out
+    monkeypatch.setattr(probes, "EXPOSE_ROW", 1 << 30)  # every tensor copied out
     in_numpy = run_observe(prepared, tensors, files, 5, subsample=100)
     for t in tensors:
         a, b = in_graph.histograms[t], in_numpy.histograms[t]
@@ -87,20 +88,20 @@ def test_in_graph_extremes_at_opset_18_where_reduce_axes_are_an_input(tmp_path, 
     tensors = observed_tensors(prepared.index, analyse(prepared.index))
     files = list_samples(write_npy_folder(tmp_path / "calib", np.random.default_rng(4).normal(
         size=(7, 1, 3, 8, 8)).astype(np.float32)))
-    monkeypatch.setattr(collect, "EXPOSE_ROW", 0)
+    monkeypatch.setattr(probes, "EXPOSE_ROW", 0)
     in_graph = run_observe(prepared, tensors, files, 3, subsample=50)
-    monkeypatch.setattr(collect, "EXPOSE_ROW", 1 << 30)
+    monkeypatch.setattr(probes, "EXPOSE_ROW", 1 << 30)
     in_numpy = run_observe(prepared, tensors, files, 3, subsample=50)
     for t in tensors:
         a, b = in_graph.histograms[t], in_numpy.histograms[t]
         assert (a.minimum, a.maximum) == (b.minimum, b.maximum) and np.array_equal(a.counts, b.counts), t
 
 
-def test_shapes_from_inference_or_from_a_probe_run_give_the_same_histograms(cnn, calib_dir, monkeypatch):
+def test_lengths_from_inference_or_from_the_first_run_give_the_same_histograms(cnn, calib_dir, monkeypatch):
     prepared, tensors = cnn
     files = list_samples(calib_dir, limit=9)
     static = run_observe(prepared, tensors, files, 4, subsample=100)
-    monkeypatch.setattr(collect, "_static_plan", lambda *args: None)  # force the probe run
+    monkeypatch.setattr(collect, "rows", lambda *args: {})  # every length unknown before the run
     probed = run_observe(prepared, tensors, files, 4, subsample=100)
     for t in tensors:
         a, b = static.histograms[t], probed.histograms[t]

@@ -3,7 +3,7 @@ import onnxruntime as ort
 from builders import conv_net, save
 
 from ptqcli.graph import prepare
-from ptqcli.observe import collect
+from ptqcli.observe import collect, probes
 from ptqcli.observe.dataset import batches, list_samples
 from ptqcli.observe.derive import derive
 from ptqcli.quantize.plan import analyse
@@ -22,7 +22,7 @@ def test_table_output_histogram_follows_from_its_input(tmp_path, rng):
     files = list_samples(folder)
     obs = collect.observe(prepared, observed, batches(files, prepared.inputs))
     got = derive(prepared, obs, derived).histograms["hs"]
-    exposed = collect._exposing(prepared, ["hs"]).SerializeToString()
+    exposed = probes.exposing(prepared, ["hs"]).SerializeToString()
     hs = np.concatenate([ort.InferenceSession(exposed).run(None, b.feeds)[0].ravel()
                          for b in batches(files, prepared.inputs)])
     assert got.total == hs.size

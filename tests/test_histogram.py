@@ -102,3 +102,11 @@ def test_push_through_a_non_monotonic_function_finds_the_inner_minimum(rng):
     hardswish = lambda v: (v * np.clip(v + 3, 0, 6) / 6).astype(np.float32)  # noqa: E731
     pushed = H.push_through(H.update(H.empty(), x), hardswish)
     assert pushed.minimum == pytest.approx(-0.375, abs=1e-3) and pushed.total == x.size
+
+
+def test_a_list_of_arrays_counts_as_their_concatenation(rng):
+    parts = [rng.normal(0, s, n).astype(np.float32) for s, n in ((1, 300), (5, 0), (3, 1000), (0.1, 7))]
+    joined = np.concatenate(parts)
+    base = H.update(H.empty(), rng.normal(0, 2, 500).astype(np.float32))
+    assert same(H.update(base, parts), H.update(base, joined))
+    assert same(H.update(base, parts, minimum=-40.0, maximum=50.0), H.update(base, joined, minimum=-40.0, maximum=50.0))

@@ -22,7 +22,7 @@ def test_round_trip_is_byte_identical(table_path, tmp_path):
 
 def test_layout_records_what_a_reader_needs(table_path):
     doc = json.loads(table_path.read_text())
-    assert doc["format"] == "ptq-scale-table" and doc["schema_version"] == 1
+    assert doc["format"] == "ptq-scale-table" and doc["schema_version"] == 2
     assert doc["model"]["fingerprint"].startswith("sha256:") and doc["calibration"]["samples"] == 40
     relu = doc["tensors"]["/stem/stem.2/Relu_output_0"]
     assert relu["dtype"] == "uint8" and relu["zero_point"] == [0] and relu["role"] == "activation"
@@ -39,7 +39,8 @@ def test_layout_records_what_a_reader_needs(table_path):
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d.pop("tensors"), "at \\(top level\\): 'tensors' is a required property"),
-    (lambda d: d.update(schema_version=2), "at schema_version"),
+    (lambda d: d.update(schema_version=3), "at schema_version"),
+    (lambda d: d["tensors"]["/Relu_output_0"].update(guard="clipped"), "at tensors//Relu_output_0/guard"),
     (lambda d: d["tensors"]["fc.weight"].update(dtype="int4"), "at tensors/fc.weight/dtype"),
     (lambda d: d["tensors"]["fc.weight"].update(scale=[-1.0] * 10), r"at tensors/fc.weight/scale/\d+: -1.0 is less than or equal to the minimum of 0"),
     (lambda d: d["tensors"]["fc.weight"].update(axis=None), "tensor 'fc.weight' has 10 scales but no axis"),
@@ -63,5 +64,13 @@ def test_not_json_and_missing(tmp_path):
         scale_table.load(tmp_path / "missing.json")
 
 
+def test_version_1_tables_still_load(table_path, tmp_path):
+    doc = json.loads(table_path.read_text())
+    doc["schema_version"] = 1
+    old = tmp_path / "v1.json"
+    old.write_text(json.dumps(doc))
+    assert scale_table.load(old).tensors == scale_table.load(table_path).tensors
+
+
 def test_schema_ships_in_the_package():
-    assert scale_table.schema()["properties"]["schema_version"]["const"] == scale_table.SCHEMA_VERSION
+    assert scale_table.SCHEMA_VERSION in scale_table.schema()["properties"]["schema_version"]["enum"]

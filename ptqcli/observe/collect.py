@@ -1,142 +1,94 @@
 """The observation pass: one run of ONNX Runtime over the calibration batches.
 
 Each observed tensor streams into a histogram (``calibrators.histogram``): exact extremes, and a
-body of at most ``subsample`` values per sample taken with a fixed odd stride ``k`` along each
-sample's row (the tensor viewed as ``[N, -1]``), so the result does not depend on batch size.
+body of about ``subsample`` values per sample: every ``k``-th value of the *stream*, the
+concatenation of the samples' flattened rows in file order (see ``stride_for`` for ``k`` and for
+why this sees every channel).  A run over a batch starts where the previous run left off, so
+the values counted do not depend on batch size.
 
 Cost, not copies: every tensor's row length comes from ONNX shape inference with the inputs fixed
-to the first sample's shapes (or, where that leaves a shape unknown, from running the first
-sample with every tensor exposed).  The samples then run a leaner model in which a long tensor
-(row longer than ``EXPOSE_ROW``) is reduced inside ONNX Runtime to its minimum, maximum and the
-strided slice, so only small outputs leave the runtime; a short tensor is exposed as is
-(a few in-graph nodes would cost more than the copy) and reduced in NumPy with the same
-arithmetic, so every sample contributes identically.  Memory holds one batch of activations and the
-histograms, whatever the number of samples.
+to the first sample's shapes.  The samples run a lean model (``probes``) in which a long tensor
+is reduced inside ONNX Runtime, so only small outputs leave the runtime, and a short one is
+exposed and reduced in NumPy with the same arithmetic, so every sample contributes identically.
+A tensor whose length shape inference leaves unknown is reduced in the graph too, with its
+stride as an input: the first sample runs alone, with stride 1 for such tensors, which tells
+their length.  The minimum of a tensor that cannot be negative is not reduced (the range has 0
+as its lower end anyway; the histogram keeps the smallest value it counted).  Memory holds one
+batch of activations and the histograms, whatever the number of samples.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
-from calibrators import histogram
+from calibrators import guard, histogram
 from ptqcli import runtime
 from ptqcli.errors import DataError
-from ptqcli.graph import Prepared, opset
+from ptqcli.graph import Prepared
+from ptqcli.graph.sign import nonnegative
 from ptqcli.observe.dataset import Batch
 from ptqcli.observe.observations import Observations
+from ptqcli.observe.probes import Plan, Probe, lean_model
 
 #: Default cap on histogram values per sample and tensor.
 SUBSAMPLE = 1 << 12
-#: Rows up to this length are copied out and reduced in NumPy; longer ones inside the runtime.
-EXPOSE_ROW = 1 << 15
 #: With automatic batches, the observed activations of one run stay near this many bytes.
 BATCH_BYTES = 1 << 24
 #: Values of one tensor gathered before they are counted (bounds the memory that waits).
 FLUSH_VALUES = 1 << 16
 
 
-@dataclass(frozen=True)
-class _Probe:
-    """Where one tensor's statistics come from in the lean model."""
-
-    tensor: str
-    stride: int
-    minimum: str | None = None   # output names; None when the tensor itself is an output
-    maximum: str | None = None
-    values: str | None = None
+def _prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, math.isqrt(n) + 1))
 
 
 def stride_for(row: int, subsample: int) -> int:
-    """The smallest odd stride that leaves at most ``subsample`` values of a row (1: keep all)."""
+    """The stride ``k`` of the histogram subsample for rows of ``row`` values (1: keep all):
+    the smallest prime that leaves at most ``subsample`` values of a row and does not divide it.
+
+    Why it cannot alias.  The values counted are those at positions ``0, k, 2k, ...`` of the
+    stream of rows, one row per sample in file order.  Take any trailing group of axes of the
+    tensor whose sizes do not change from sample to sample (the channels of ``[N, T, C]``, or
+    ``H, W`` of ``[N, C, H, W]``), with ``P`` elements: every row is a whole number of such
+    groups, so a value's index within the group is its stream position modulo ``P``.  ``P``
+    divides ``row``, so ``k`` is coprime to ``P``, and ``m -> m k mod P`` is a bijection: any
+    ``P`` consecutive counted values hit every index of the group exactly once.  Each channel
+    (each index of each such axis) therefore gets ``floor(K / P)`` or ``ceil(K / P)`` of the
+    ``K`` values counted, whatever the shape and however long the rows: a fixed stride that
+    divides a channel count (3 of 120) would count a third of the channels, forever.  The
+    outermost axis of a row (``T``, or ``C`` of NCHW) is swept in order: every ``k`` consecutive
+    positions hold one counted value.
+
+    (A row is one sample's values when the tensor's leading axis counts samples, as it does for
+    every tensor this tool batches; a run slices its whole batch as one piece of the stream.)
+
+    ``k`` is chosen on the first sample; later samples may have other lengths (a dynamic ``T``).
+    The argument above needs only the trailing groups of fixed size, which divide every row.  A
+    prime ``k`` also keeps a dynamic inner axis from aliasing unless its size is a multiple of
+    ``k`` itself (a composite stride aliases with every multiple of each of its factors)."""
     if subsample <= 0 or row <= subsample:
         return 1
-    k = math.ceil(row / subsample)
-    return k if k % 2 else k + 1
+    k = max(2, math.ceil(row / subsample))
+    while not _prime(k) or row % k == 0:
+        k += 1
+    return k
 
 
-def _exposing(prepared: Prepared, tensors: Sequence[str]) -> onnx.ModelProto:
-    model = onnx.ModelProto()
-    model.CopyFrom(prepared.model)
-    del model.graph.output[:]
-    model.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors)
-    return model
+def _kept(value: np.ndarray, start: int, stride: int) -> np.ndarray:
+    """Every ``stride``-th value of the flattened batch from ``start`` (as the in-graph Slice)."""
+    return value.reshape(-1)[start::stride]
 
 
-def _extreme(graph: onnx.GraphProto, op: str, data: str, out: str, axis: int | None, opset: int) -> None:
-    """``out = op(data)`` over ``axis`` (-1 or None: every axis), without kept dimensions."""
-    inputs, attrs = [data], {"keepdims": 0}
-    if axis is not None and opset >= 18:
-        inputs.append("ptq::last")  # axes as an input from opset 18
-    elif axis is not None:
-        attrs["axes"] = [axis]
-    graph.node.append(helper.make_node(op, inputs, [out], name=f"{out}::{op}", **attrs))
-
-
-def lean_model(prepared: Prepared, plan: dict[str, tuple[int, int]]) -> tuple[onnx.ModelProto, list[_Probe]]:
-    """The prepared model whose only outputs are the probes of ``plan`` (tensor -> (stride, row
-    length)); rows longer than ``EXPOSE_ROW`` are reduced in the graph.  Their extremes are
-    taken along the last axis first: ONNX Runtime reduces a whole tensor on one thread, but
-    spreads the rows of a partial reduction over its threads."""
-    model = _exposing(prepared, [t for t, (_, row) in plan.items() if row <= EXPOSE_ROW])
-    graph = model.graph
-    version = opset(model)
-    graph.initializer.extend([
-        helper.make_tensor("ptq::rows", TensorProto.INT64, [2], [0, -1]),
-        helper.make_tensor("ptq::zero", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("ptq::end", TensorProto.INT64, [1], [2 ** 62]),
-        helper.make_tensor("ptq::one", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("ptq::last", TensorProto.INT64, [1], [-1]),
-    ])
-    shapes = prepared.index.shape
-    probes = []
-    for i, (t, (k, row)) in enumerate(plan.items()):
-        if row <= EXPOSE_ROW:
-            probes.append(_Probe(t, k))
-            continue
-        p = f"ptq::{i}"
-        probe = _Probe(t, k, f"{p}::min", f"{p}::max", f"{p}::values")
-        graph.initializer.append(helper.make_tensor(f"{p}::stride", TensorProto.INT64, [1], [k]))
-        for op, out in (("ReduceMin", probe.minimum), ("ReduceMax", probe.maximum)):
-            if len(shapes.get(t, ())) >= 2:
-                _extreme(graph, op, t, f"{out}::rows", -1, version)
-                _extreme(graph, op, f"{out}::rows", out, None, version)
-            else:
-                _extreme(graph, op, t, out, None, version)
-        graph.node.extend([
-            helper.make_node("Reshape", [t, "ptq::rows"], [f"{p}::flat"], name=f"{p}::Reshape"),
-            helper.make_node("Slice", [f"{p}::flat", "ptq::zero", "ptq::end", "ptq::one", f"{p}::stride"],
-                             [probe.values], name=f"{p}::Slice"),
-        ])
-        graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                            for n in (probe.minimum, probe.maximum, probe.values))
-        probes.append(probe)
-    return model, probes
-
-
-def _rows(value: np.ndarray, stride: int) -> np.ndarray:
-    """Every ``stride``-th value of each sample's row."""
-    if stride == 1 or value.ndim == 0:
-        return value
-    return value.reshape(value.shape[0], -1)[:, ::stride]
-
-
-def _check(tensor: str, values: np.ndarray, lo: float, hi: float, batch: Batch) -> None:
-    if values.size and not (math.isfinite(lo) and math.isfinite(hi) and np.isfinite(values).all()):
-        files = ", ".join(p.name for p in batch.files)
-        raise DataError(f"tensor {tensor!r} is NaN or infinite on sample(s) {files}")
-
-
-def _update(hist: histogram.Histogram, tensor: str, values: np.ndarray, lo: float, hi: float,
-            batch: Batch) -> histogram.Histogram:
-    _check(tensor, values, lo, hi, batch)
-    return histogram.update(hist, values, minimum=lo, maximum=hi) if values.size else hist
+def _bad(tensor: str, batch: Batch) -> DataError:
+    files = ", ".join(p.name for p in batch.files)
+    return DataError(f"tensor {tensor!r} is NaN or infinite on sample(s) {files}")
 
 
 class _Pending:
@@ -148,18 +100,17 @@ class _Pending:
         self.size = 0
         self.lo, self.hi = math.inf, -math.inf
 
-    def add(self, values: np.ndarray, lo: float, hi: float) -> None:
-        self.parts.append(np.ravel(values))
+    def add(self, values: np.ndarray, lo: float | None, hi: float) -> None:
+        self.parts.append(values)
         self.size += values.size
-        self.lo, self.hi = min(self.lo, lo), max(self.hi, hi)
+        self.lo, self.hi = min(self.lo, math.inf if lo is None else lo), max(self.hi, hi)
 
     def flush(self, hist: histogram.Histogram) -> histogram.Histogram:
         if not self.parts:
             return hist
-        values = np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
-        lo, hi = self.lo, self.hi
+        parts, lo, hi = self.parts, self.lo, self.hi
         self.parts, self.size, self.lo, self.hi = [], 0, math.inf, -math.inf
-        return histogram.update(hist, values, minimum=lo, maximum=hi)
+        return histogram.update(hist, parts, minimum=None if lo == math.inf else lo, maximum=hi)
 
 
 def _split(batch: Batch) -> tuple[Batch, Batch | None]:
@@ -171,24 +122,6 @@ def _split(batch: Batch) -> tuple[Batch, Batch | None]:
     return Batch(head, batch.files, 1), Batch(tail, batch.files, batch.count - 1)
 
 
-def _strides(prepared: Prepared, tensors: Sequence[str], sample: Batch, subsample: int,
-             hists: dict[str, histogram.Histogram]) -> tuple[dict[str, tuple[int, int]], int]:
-    """Run one sample with every tensor exposed: count it, and record each tensor's row length
-    and the stride it implies (the plan of :func:`lean_model`).
-    Also returns the bytes of the observed tensors of that sample."""
-    session = runtime.session(_exposing(prepared, tensors))
-    strides = {}
-    values = session.run(list(tensors), sample.feeds)
-    footprint = sum(v.nbytes for v in values)
-    for t, value in zip(tensors, values):
-        row = value.size // value.shape[0] if value.ndim and value.shape[0] else value.size
-        stride = stride_for(row, subsample)
-        lo, hi = (float(value.min()), float(value.max())) if value.size else (math.inf, -math.inf)
-        hists[t] = _update(hists[t], t, _rows(value, stride), lo, hi, sample)
-        strides[t] = (stride, row)
-    return strides, footprint
-
-
 def _chunks(batch: Batch, size: int | None) -> list[Batch]:
     """``batch`` cut into runs of at most ``size`` samples (``None``: as it is)."""
     if size is None or batch.count <= size:
@@ -197,86 +130,276 @@ def _chunks(batch: Batch, size: int | None) -> list[Batch]:
             for i in range(0, batch.count, size)]
 
 
-def _static_plan(prepared: Prepared, tensors: Sequence[str], sample: Batch,
-                 subsample: int) -> tuple[dict[str, tuple[int, int]], int] | None:
-    """The plan of ``_strides`` from ONNX shape inference with the inputs fixed to one sample's
-    shapes (no run needed), or None when some observed tensor's shape stays unknown."""
+def rows(prepared: Prepared, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Values per sample of every tensor whose shape ONNX shape inference fixes once the inputs
+    have ``shapes`` (leading axis aside: one sample); empty when inference fails."""
     model = onnx.ModelProto()
     model.CopyFrom(prepared.model)
     for inp in model.graph.input:
-        if inp.name in sample.feeds:
+        if inp.name in shapes:
             dims = inp.type.tensor_type.shape.dim
-            for dim, size in zip(dims, (1,) + sample.feeds[inp.name].shape[1:]):
+            for dim, size in zip(dims, (1,) + tuple(shapes[inp.name][1:])):
                 dim.Clear()
                 dim.dim_value = size
     del model.graph.value_info[:]
     try:
         model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # shape inference is an optimization here: the probe run always works
-        return None
-    shapes = {}
+    except Exception:  # shape inference is an optimization here: the first run tells the rest
+        return {}
+    out = {}
     for vi in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
         dims = vi.type.tensor_type.shape.dim
         if all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
-            shapes[vi.name] = [d.dim_value for d in dims]
-    if any(t not in shapes for t in tensors):
-        return None
-    plan, footprint = {}, 0
-    for t in tensors:
-        size = int(np.prod(shapes[t], dtype=np.int64))
-        row = size // shapes[t][0] if shapes[t] else 1
-        plan[t] = (stride_for(row, subsample), row)
-        footprint += 4 * size
-    return plan, footprint
+            out[vi.name] = int(np.prod([d.dim_value for d in dims], dtype=np.int64))
+    return out
+
+
+def plans(prepared: Prepared, tensors: Sequence[str], sample: Batch, subsample: int) -> dict[str, Plan]:
+    """How each tensor is observed, from one sample's input shapes (a tensor whose length they
+    do not fix is learned from the first run)."""
+    known = rows(prepared, {k: v.shape for k, v in sample.feeds.items()})
+    return {t: Plan(known.get(t), stride_for(known[t], subsample) if t in known else None,
+                    not nonnegative(prepared.index, t)) for t in tensors}
+
+
+class Stream:
+    """Per tensor: where the stream stands (values seen: ``seen``, 0 at the first sample) and the
+    stride, once known."""
+
+    def __init__(self, plans: dict[str, Plan], subsample: int, seen: dict[str, int] | None = None) -> None:
+        self.seen = {t: (seen or {}).get(t, 0) for t in plans}
+        self.stride = {t: p.stride for t, p in plans.items()}
+        self.subsample = subsample
+
+    def feeds(self, probes: Sequence[Probe]) -> dict[str, np.ndarray]:
+        """This run's slice starts (and strides, 1 while unknown: the whole tensor comes out)."""
+        out = {}
+        for p in probes:
+            if p.exposed:
+                continue
+            k = self.stride[p.tensor] or 1
+            out[p.start] = np.array([-self.seen[p.tensor] % k], np.int64)
+            if p.stride is not None:
+                out[p.stride] = np.array([k], np.int64)
+        return out
+
+    def take(self, probe: Probe, out: dict[str, np.ndarray], batch: Batch) -> tuple[np.ndarray, float | None, float]:
+        """The values to count, the minimum (None: not reduced) and the maximum of one probe."""
+        t = probe.tensor
+        if probe.exposed:  # NumPy's min and max propagate NaN: finite extremes, finite values
+            value = out[t]
+            hi = float(value.max()) if value.size else -math.inf
+            lo = float(value.min()) if probe.lower and value.size else None
+            if value.size and not (math.isfinite(hi) and (lo is None or math.isfinite(lo))):
+                raise _bad(t, batch)
+            values = _kept(value, -self.seen[t] % self.stride[t], self.stride[t])
+            self.seen[t] += value.size
+            return values, lo, hi
+        values, hi = out[probe.values], float(out[probe.maximum])
+        lo = float(out[probe.minimum]) if probe.minimum is not None else None
+        size = int(out[probe.size])
+        if self.stride[t] is None:  # the first run: the whole tensor came out
+            self.stride[t] = stride_for(size // batch.count, self.subsample)
+            values = values[::self.stride[t]]
+        self.seen[t] += size
+        if values.size and not (math.isfinite(hi) and (lo is None or math.isfinite(lo))
+                                and np.isfinite(values).all()):
+            raise _bad(t, batch)
+        return values, lo, hi
+
+
+@dataclass(frozen=True)
+class PassState:
+    """Where an observation pass stands after a whole number of sample files: everything it needs
+    to go on (``ptqcli.observe.checkpoint`` writes it to disk), nothing per sample.
+
+    ``files``: sample files the current stage has consumed; ``samples``: samples the main stage
+    has run; ``strides``: per tensor (0: not known yet); ``seen``: the stream positions of the
+    current stage (which fix the subsample's offset in the next sample); ``chunk``: samples per
+    run (0: whole batches); ``histograms``: the main stage's.  ``recount``: the tensors (and
+    their row lengths) being counted again, every value, in the second stage (empty: still in
+    the main stage), into ``fresh``."""
+
+    files: int
+    samples: int
+    strides: dict[str, int]
+    seen: dict[str, int]
+    chunk: int
+    histograms: dict[str, histogram.Histogram]
+    recount: tuple[tuple[str, int], ...] = ()
+    fresh: dict[str, histogram.Histogram] = field(default_factory=dict)
+
+
+#: ``checkpoint(state)`` is called after whole batches, with every count flushed.
+Checkpoint = Callable[[PassState], None]
+
+
+class _Saver:
+    """Counts what each batch consumed and says when ``every`` samples have passed since the
+    last checkpoint; ``save`` then builds the state with ``snapshot(files)``."""
+
+    def __init__(self, checkpoint: Checkpoint | None, every: int, files: int,
+                 snapshot: Callable[[int], PassState]) -> None:
+        self.checkpoint, self.every, self.files, self.snapshot = checkpoint, every, files, snapshot
+        self.since = 0
+
+    def due(self, files: int, samples: int) -> bool:
+        self.files += files
+        self.since += samples
+        if self.checkpoint is None or self.every <= 0 or self.since < self.every:
+            return False
+        self.since = 0
+        return True
+
+    def save(self) -> None:
+        assert self.checkpoint is not None
+        self.checkpoint(self.snapshot(self.files))
+
+
+def run(session, probes: Sequence[Probe], batches: Iterable[Batch], stream: Stream,
+         hists: dict[str, histogram.Histogram], progress: Callable[[int], None] | None, *,
+         chunk: int | None = None, saver: _Saver | None = None) -> int:
+    """Run ``session`` over ``batches`` (each cut into runs of at most ``chunk`` samples) and
+    count each probe's values into ``hists``; after a batch, when ``saver`` says a checkpoint is
+    due, count every waiting value and save.  Returns the number of samples run."""
+    names = [o.name for o in session.get_outputs()]
+    pending = {p.tensor: _Pending() for p in probes}
+
+    def flush() -> None:
+        for t, wait in pending.items():
+            hists[t] = wait.flush(hists[t])
+
+    samples = 0
+    for whole in batches:
+        for batch in _chunks(whole, chunk):
+            out = dict(zip(names, session.run(names, {**batch.feeds, **stream.feeds(probes)})))
+            for probe in probes:
+                values, lo, hi = stream.take(probe, out, batch)
+                wait = pending[probe.tensor]
+                wait.add(values, lo, hi)
+                if wait.size >= FLUSH_VALUES:
+                    hists[probe.tensor] = wait.flush(hists[probe.tensor])
+            samples += batch.count
+            if progress is not None:
+                progress(batch.count)
+        if saver is not None and saver.due(len(whole.files), whole.count):
+            flush()
+            saver.save()
+    flush()
+    return samples
+
+
+def _main(prepared: Prepared, plan: dict[str, Plan], first: Batch | None, batches: Iterator[Batch],
+          state: PassState | None, progress: Callable[[int], None] | None, budget: int | None,
+          checkpoint: Checkpoint | None, every: int, subsample: int) -> PassState:
+    """The main stage, from the start (``state`` None; ``first`` is then the first batch) or from
+    ``state``.  Returns the state at its end."""
+    stream = Stream(plan, subsample, state.seen if state is not None else None)
+    if state is not None:
+        stream.stride.update({t: k for t, k in state.strides.items() if k})
+        plan = {t: Plan(p.row, stream.stride[t], p.lower) for t, p in plan.items()}
+    hists = dict(state.histograms) if state is not None else {t: histogram.empty() for t in plan}
+    samples = state.samples if state is not None else 0
+    model, probes = lean_model(prepared, plan)
+    session = runtime.session(model)
+    if state is None:
+        assert first is not None
+        if any(p.row is None for p in plan.values()):  # the first sample alone tells the unknown lengths
+            head, rest = _split(first)
+            samples = run(session, probes, [head], stream, hists, progress)
+            first = rest
+        footprint = 4 * sum(p.row if p.row is not None else stream.seen[t] for t, p in plan.items())
+        chunk = 0 if budget is None else max(1, budget // max(footprint, 1))
+        batches = itertools.chain([first] if first is not None else [], batches)
+    else:
+        chunk = state.chunk
+
+    def snapshot(files: int) -> PassState:
+        return PassState(files, samples + counted.samples, {t: k or 0 for t, k in stream.stride.items()},
+                         dict(stream.seen), chunk, dict(hists))
+
+    counted = _Counted(batches)
+    saver = _Saver(checkpoint, every, state.files if state is not None else 0, snapshot)
+    samples += run(session, probes, counted, stream, hists, progress, chunk=chunk or None, saver=saver)
+    return PassState(saver.files, samples, {t: k or 0 for t, k in stream.stride.items()}, dict(stream.seen),
+                     chunk, hists)
+
+
+class _Counted:
+    """An iterator of batches that counts the samples it has handed out (and had run: a state is
+    saved between batches, when the batch handed out last has been run)."""
+
+    def __init__(self, batches: Iterable[Batch]) -> None:
+        self._batches, self.samples = iter(batches), 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        for batch in self._batches:
+            self.samples += batch.count
+            yield batch
+
+
+def _recount(prepared: Prepared, state: PassState, again: Callable[[int], Iterable[Batch]],
+             checkpoint: Checkpoint | None, every: int, subsample: int) -> dict[str, histogram.Histogram]:
+    """The second stage: every value of ``state.recount`` counted again, from ``state``."""
+    dense = {t: Plan(row, 1, not nonnegative(prepared.index, t)) for t, row in state.recount}
+    model, probes = lean_model(prepared, dense)
+    stream = Stream(dense, subsample, state.seen)
+    fresh = dict(state.fresh)
+
+    def snapshot(files: int) -> PassState:
+        return dataclasses.replace(state, files=files, seen=dict(stream.seen), fresh=dict(fresh))
+
+    saver = _Saver(checkpoint, every, state.files, snapshot)
+    run(runtime.session(model), probes, again(state.files), stream, fresh, None, chunk=state.chunk or None,
+         saver=saver)
+    return fresh
 
 
 def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch], *,
             subsample: int = SUBSAMPLE, progress: Callable[[int], None] | None = None,
-            budget: int | None = None) -> Observations:
+            budget: int | None = None, again: Callable[[int], Iterable[Batch]] | None = None,
+            resume: PassState | None = None, first: Batch | None = None,
+            checkpoint: Checkpoint | None = None, every: int = 0) -> Observations:
     """Run the model once over ``batches`` and stream every tensor into a histogram.
 
     ``budget``: when set, batches are cut so that the observed tensors of one run take at most
     about that many bytes (as measured on the first sample): activations, not inputs, decide
-    memory (Magika's 2,048 input bytes become 4 MB of activations per sample)."""
-    hists = {t: histogram.empty() for t in tensors}
+    memory (Magika's 2,048 input bytes become 4 MB of activations per sample).
+
+    ``again(start)``: the same batches once more, from sample file ``start``.  When given, every
+    subsampled tensor whose exact extremes lie far beyond what its histogram counted
+    (``calibrators.guard.uncounted``) is counted again, every value, in a second pass that runs
+    only the part of the model it needs; without it, ranges drawn from such a histogram are
+    widened instead (``quantize.decide``).
+
+    ``checkpoint(state)`` is called every ``every`` samples, at the end of a batch.  ``resume``
+    continues from such a state: ``batches`` then starts at file ``resume.files`` (unless the
+    state is in the second stage, which reads ``again``) and ``first`` is the folder's first
+    batch, whose shapes fixed the plan.  Batches must be cut where the interrupted run cut them
+    (``dataset.batches`` from a batch boundary with the same batch size does); the result is then
+    identical to that of an uninterrupted run, since a histogram counts the same values however
+    they are grouped (``calibrators.histogram``)."""
     batches = iter(batches)
-    first = next(batches, None)
+    if resume is None:
+        first = next(batches, None)
     if first is None or not tensors:
-        return Observations(prepared.fingerprint, 0, subsample, hists)
-    head, rest = _split(first)
-    static = _static_plan(prepared, tensors, head, subsample)
-    if static is not None:  # shapes known: every sample goes through the lean model
-        strides, footprint = static
-        rest, samples = first, 0
-    else:  # the first sample runs with every tensor exposed, which tells the row lengths
-        strides, footprint = _strides(prepared, tensors, head, subsample, hists)
-        samples = 1
-        if progress is not None:
-            progress(1)
-    size = None if budget is None else max(1, budget // max(footprint, 1))
-    model, probes = lean_model(prepared, strides)
-    session = runtime.session(model)
-    names = [o.name for o in session.get_outputs()]
-    pending = {t: _Pending() for t in tensors}
-    runs = (chunk for batch in itertools.chain([rest] if rest is not None else [], batches)
-            for chunk in _chunks(batch, size))
-    for batch in runs:
-        out = dict(zip(names, session.run(names, batch.feeds)))
-        for probe in probes:
-            if probe.minimum is None:  # exposed: statistics in NumPy
-                value = out[probe.tensor]
-                lo, hi = (float(value.min()), float(value.max())) if value.size else (math.inf, -math.inf)
-                values = _rows(value, probe.stride)
-            else:
-                values, lo, hi = out[probe.values], float(out[probe.minimum]), float(out[probe.maximum])
-            _check(probe.tensor, values, lo, hi, batch)
-            wait = pending[probe.tensor]
-            wait.add(values, lo, hi)
-            if wait.size >= FLUSH_VALUES:
-                hists[probe.tensor] = wait.flush(hists[probe.tensor])
-        samples += batch.count
-        if progress is not None:
-            progress(batch.count)
-    for t, wait in pending.items():
-        hists[t] = wait.flush(hists[t])
-    return Observations(prepared.fingerprint, samples, subsample, hists)
+        return Observations(prepared.fingerprint, 0, subsample, {t: histogram.empty() for t in tensors})
+    head, _ = _split(first)
+    plan = plans(prepared, tensors, head, subsample)
+    state = resume
+    if state is None or not state.recount:
+        state = _main(prepared, plan, first if resume is None else None, batches, resume, progress, budget,
+                      checkpoint, every, subsample)
+        flagged = [t for t in tensors if state.strides[t] > 1 and any(guard.uncounted(state.histograms[t]))]
+        if not flagged or again is None:
+            return Observations(prepared.fingerprint, state.samples, subsample, state.histograms, state.strides)
+        rows = tuple((t, plan[t].row or state.seen[t] // state.samples) for t in flagged)
+        state = PassState(0, state.samples, state.strides, dict.fromkeys(flagged, 0), state.chunk, state.histograms,
+                          rows, {t: histogram.empty() for t in flagged})
+        if checkpoint is not None:
+            checkpoint(state)
+    assert again is not None
+    fresh = _recount(prepared, state, again, checkpoint, every, subsample)
+    recounted = [t for t, _ in state.recount]
+    return Observations(prepared.fingerprint, state.samples, subsample, {**state.histograms, **fresh},
+                        {**state.strides, **dict.fromkeys(recounted, 1)}, frozenset(recounted))

@@ -263,15 +263,81 @@ AUTO_BATCH_MAX = 16
 BadSample = Callable[[pathlib.Path, DataError], None]
 
 
+def batch_limit(shapes: dict[str, tuple[int, ...]], inputs: Sequence[InputSpec], batch_size: int | None) -> int:
+    """Samples per batch when the first file's inputs have ``shapes``: ``batch_size``, or sized
+    from the first sample (``AUTO_BATCH_VALUES``); 1 when an input's leading axis is fixed."""
+    if not _batchable(inputs):
+        return 1
+    if batch_size is not None:
+        return batch_size
+    values = sum(int(np.prod(shape, dtype=np.int64)) for shape in shapes.values())
+    return max(1, min(AUTO_BATCH_MAX, AUTO_BATCH_VALUES // max(values, 1)))
+
+
+def _joins(count: int, limit: int, shapes: dict[str, tuple[int, ...]], batch: dict[str, tuple[int, ...]]) -> bool:
+    """Whether a file of ``shapes`` joins a batch of ``count`` files whose first has ``batch``."""
+    return count < limit and all(shapes[k][1:] == batch[k][1:] for k in shapes)
+
+
+def batch_starts(shapes: Sequence[dict[str, tuple[int, ...]]], inputs: Sequence[InputSpec],
+                 batch_size: int | None) -> list[int]:
+    """The index of the first file of each batch ``batches`` makes of files with these input
+    shapes (``sample_shapes``), without reading them."""
+    if not shapes:
+        return []
+    limit = batch_limit(shapes[0], inputs, batch_size)
+    starts = [0]
+    for i, s in enumerate(shapes[1:], 1):
+        if not _joins(i - starts[-1], limit, s, shapes[starts[-1]]):
+            starts.append(i)
+    return starts
+
+
+def sample_shapes(path: pathlib.Path, inputs: Sequence[InputSpec], image: ImageSpec | None = None) -> dict[str, tuple[int, ...]]:
+    """The input shapes ``read_sample`` gives for ``path``; of a ``.npy`` file only the header
+    is read."""
+    if path.suffix.lower() == ".npy" and len(inputs) == 1:
+        try:
+            with open(path, "rb") as f:
+                read = {(1, 0): np.lib.format.read_array_header_1_0,
+                        (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
+                shape = read(f)[0]
+        except Exception:  # read_sample says what is wrong with the file
+            pass
+        else:
+            rank = len(inputs[0].shape)
+            return {inputs[0].name: (1,) + shape if len(shape) == rank - 1 else shape}
+    return {k: v.shape for k, v in read_sample(path, inputs, image).items()}
+
+
+def _first_shapes(files: Sequence[pathlib.Path], inputs: Sequence[InputSpec], image: ImageSpec | None,
+                  skip_bad: bool) -> dict[str, tuple[int, ...]]:
+    """The input shapes of the first of ``files`` that reads (of the first, without ``skip_bad``)."""
+    if not skip_bad:
+        return sample_shapes(files[0], inputs, image)
+    for path in files:  # read whole: a sample skipped for its values has a sound header
+        try:
+            return {k: v.shape for k, v in read_sample(path, inputs, image).items()}
+        except DataError:
+            pass
+    raise DataError(f"{files[0].parent if files else '.'}: every sample before the restart point failed its checks")
+
+
 def batches(files: Sequence[pathlib.Path], inputs: Sequence[InputSpec], *, batch_size: int | None = None,
-            image: ImageSpec | None = None, on_bad: BadSample | None = None) -> Iterator[Batch]:
+            image: ImageSpec | None = None, start: int = 0, on_bad: BadSample | None = None) -> Iterator[Batch]:
     """Feeds in file order; consecutive samples of equal shapes are stacked up to ``batch_size``
     (``None``: sized from the first sample, see ``AUTO_BATCH_VALUES``) when every input has a
     dynamic leading dimension.  A sample that cannot be read or fails its checks raises its
-    ``DataError``, or with ``on_bad`` is passed to it and left out, as if it were not there."""
+    ``DataError``, or with ``on_bad`` is passed to it and left out, as if it were not there.
+
+    ``start``: begin at ``files[start]``, which must be where a batch began (the batches are
+    then those of a read from the first file, less the ones before it: the batch size still
+    comes from the first readable file, and a batch ends where it would have)."""
     if batch_size is not None and batch_size < 1:
         raise OptionError(Option("batch_size"), f" must be at least 1, got {batch_size}")
-    limit = batch_size if _batchable(inputs) else 1
+    limit = None
+    if start and files:
+        limit = batch_limit(_first_shapes(files[:start], inputs, image, on_bad is not None), inputs, batch_size)
     pending: list[tuple[pathlib.Path, Feed]] = []
 
     def flush() -> Batch:
@@ -280,7 +346,7 @@ def batches(files: Sequence[pathlib.Path], inputs: Sequence[InputSpec], *, batch
         count = len(next(iter(feeds.values())))
         return Batch(feeds, tuple(p for p, _ in pending), count)
 
-    for path in files:
+    for path in files[start:]:
         try:
             feed = read_sample(path, inputs, image)
         except DataError as exc:
@@ -288,11 +354,10 @@ def batches(files: Sequence[pathlib.Path], inputs: Sequence[InputSpec], *, batch
                 raise
             on_bad(path, exc)
             continue
+        shapes = {k: v.shape for k, v in feed.items()}
         if limit is None:
-            values = sum(a.size for a in feed.values())
-            limit = max(1, min(AUTO_BATCH_MAX, AUTO_BATCH_VALUES // max(values, 1)))
-        if pending and (len(pending) >= limit or any(
-                feed[k].shape[1:] != pending[0][1][k].shape[1:] for k in feed)):
+            limit = batch_limit(shapes, inputs, batch_size)
+        if pending and not _joins(len(pending), limit, shapes, {k: v.shape for k, v in pending[0][1].items()}):
             yield flush()
             pending = []
         pending.append((path, feed))

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 import calibrators
-from calibrators import Range, RangeSpec, histogram
+from calibrators import Range, RangeSpec, guard, histogram
 from ptqcli.errors import ObservationError, Option, OptionError, UnsupportedError
 from ptqcli.graph import Prepared, attr, opset, subgraph_note
 from ptqcli.observe.observations import Observations
@@ -139,14 +139,16 @@ def decide(prepared: Prepared, options: CalibrationOptions) -> Decisions:
 
 
 def _group_range(rep: str, hist: histogram.Histogram, dtype: str, scales: ScaleGroups,
-                 options: CalibrationOptions) -> tuple[Range, str]:
+                 options: CalibrationOptions, dense: bool) -> tuple[Range, str, bool]:
+    """The group's range, the method that chose it, and whether it was widened to extremes that
+    its histogram (subsampled, ``dense`` False) never counted (``calibrators.guard``)."""
     members = scales.members(rep)
     fixed = {(lo, hi) for name, lo, hi in options.fixed_ranges if name in members}
     if len(fixed) > 1:
         raise OptionError(Option("fixed_ranges"), f": tensors sharing the scale of {rep!r} were given different ranges")
     if fixed:
         lo, hi = fixed.pop()
-        return Range(lo, hi), "fixed"
+        return Range(lo, hi), "fixed", False
     chosen = sorted({m for name, m in options.method_for if name in members})
     if len(chosen) > 1:
         raise OptionError(Option("method_for"), f": tensors sharing the scale of {rep!r} were given methods {chosen}")
@@ -156,7 +158,10 @@ def _group_range(rep: str, hist: histogram.Histogram, dtype: str, scales: ScaleG
     r = calibrators.method(method)(hist, spec)
     if r.lo == r.hi:  # all zeros: any scale represents them; keep the observed extremes
         r = Range(min(hist.minimum, 0.0), max(hist.maximum, 0.0))
-    return r, method
+    low, high = (False, False) if dense else guard.uncounted(hist)
+    if low or high:
+        return guard.cover(r, hist, spec, low, high), method, True
+    return r, method, False
 
 
 def build_table(prepared: Prepared, obs: Observations, options: CalibrationOptions, *,
@@ -184,11 +189,13 @@ def build_table(prepared: Prepared, obs: Observations, options: CalibrationOptio
         for c in d.scales.consts.get(rep, ()):
             hist = histogram.update(hist, index.array(c).astype(np.float32))
         dtype = "int16" if rep in d.int16_roots else ("int8" if options.symmetric else "uint8")
-        r, method = _group_range(rep, hist, dtype, d.scales, options)
+        r, method, widened = _group_range(rep, hist, dtype, d.scales, options, all(obs.dense(t) for t in sources))
         params = activation_params(r, dtype)
+        checked = "widened" if widened else "recounted" if obs.recounted.intersection(sources) else None
         for t in d.scales.members(rep):
             own = obs.histograms.get(t, hist)
-            tensors[t] = TensorEntry("activation", params, method, (r.lo, r.hi), (own.minimum, own.maximum), rep)
+            tensors[t] = TensorEntry("activation", params, method, (r.lo, r.hi), (own.minimum, own.maximum), rep,
+                                     checked)
         for c in d.scales.consts.get(rep, ()):
             tensors[c] = TensorEntry("constant", params, "max", (r.lo, r.hi), _extremes(index.array(c)), rep)
         if progress is not None:

@@ -22,7 +22,8 @@ from ptqcli.quantize import stored as stored_io
 from ptqcli.quantize.qparams import LIMITS, QuantParams
 from ptqcli.quantize.stored import Stored
 
-SCHEMA_VERSION = 1
+#: 2 adds a tensor's ``guard``; version 1 tables (which never have it) still load.
+SCHEMA_VERSION = 2
 FORMAT = "ptq-scale-table"
 
 
@@ -32,7 +33,10 @@ class TensorEntry:
 
     ``range``: the clipping range the parameters cover (activations; ``[-amax, amax]`` of the
     whole tensor for weights); ``observed``: the extremes seen; ``method``: how the range was
-    chosen; ``scale_group``: the tensor whose scale this one shares (itself if none)."""
+    chosen; ``scale_group``: the tensor whose scale this one shares (itself if none);
+    ``guard``: set when the histogram's subsample missed extremes far beyond its body
+    (``calibrators.guard``): ``"recounted"``, every value was counted in a second pass before
+    the method chose, or ``"widened"``, the range was widened to the exact extremes it missed."""
 
     role: str
     params: QuantParams
@@ -40,6 +44,7 @@ class TensorEntry:
     range: tuple[float, float] | None = None
     observed: tuple[float, float] | None = None
     scale_group: str | None = None
+    guard: str | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,8 @@ def _tensor_json(e: TensorEntry) -> dict[str, Any]:
         out["observed"] = [_float(v) for v in e.observed]
     if e.scale_group is not None:
         out["scale_group"] = e.scale_group
+    if e.guard is not None:
+        out["guard"] = e.guard
     return out
 
 
@@ -204,7 +211,7 @@ def load(path: str | os.PathLike) -> ScaleTable:
         tensors[name] = TensorEntry(
             t["role"], _check_params(path, name, t), t.get("method"),
             tuple(t["range"]) if "range" in t else None, tuple(t["observed"]) if "observed" in t else None,
-            t.get("scale_group"))
+            t.get("scale_group"), t.get("guard"))
     nodes = {k: NodeEntry(v["op_type"], v["precision"], v.get("group")) for k, v in doc["nodes"].items()}
     groups = {k: GroupEntry(v["kind"], tuple(v["nodes"]), tuple(v["inputs"]), tuple(v["outputs"]),
                             v["precision"], v.get("weight"), v.get("bias"), tuple(v.get("consts", ())))
