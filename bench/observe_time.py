@@ -29,8 +29,8 @@ PY = sys.executable
 PTQ = str(pathlib.Path(sys.executable).with_name("ptq"))
 
 
-def _seconds(cmd: list[str], key: str, timeout: float) -> float:
-    o = procs.run(cmd, timeout=timeout)
+def _seconds(cmd: list[str], key: str, timeout: float, log: pathlib.Path) -> float:
+    o = procs.run(cmd, timeout=timeout, log=log)  # without a log, procs.run sends stdout to /dev/null
     if o.status != "ok":
         raise SystemExit(f"bench.observe_time: {' '.join(cmd[:4])}...: {o.status}: {o.stderr_tail}")
     doc = json.loads(o.stdout[o.stdout.find("{"):])
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     ptqs = args.ptq or [PTQ]
     out: dict = {"rounds": args.rounds, "ptq": ptqs, "tasks": {}}
     with tempfile.TemporaryDirectory() as tmp:
+        log = pathlib.Path(tmp) / "run.log"
         for name in args.tasks.split(","):
             task = TASKS[name]
             for n in (int(s) for s in args.samples.split(",")):
@@ -55,14 +56,14 @@ def main(argv: list[str] | None = None) -> None:
                 float_cmd = [PY, "-m", "bench.float_time", str(task.model_path), str(task.calib_dir),
                              "--limit", str(n), "--repeat", "1"]
                 for r in range(args.rounds):
-                    before = _seconds(float_cmd, "float", args.timeout)
+                    before = _seconds(float_cmd, "float", args.timeout, log)
                     seconds = {}
                     for ptq in (ptqs if r % 2 == 0 else ptqs[::-1]):  # neither goes first every time
                         seconds[ptq] = _seconds([ptq, "calibrate", str(task.model_path), "--data",
                                                  str(task.calib_dir), "--limit", str(n), "-o",
                                                  str(pathlib.Path(tmp) / "t.json"), "--method", "max", "--json",
-                                                 "-q"], "observe", args.timeout)
-                    fl = (before + _seconds(float_cmd, "float", args.timeout)) / 2  # float before and after
+                                                 "-q"], "observe", args.timeout, log)
+                    fl = (before + _seconds(float_cmd, "float", args.timeout, log)) / 2  # float before and after
                     row = {"float": round(fl, 3)}
                     row.update({ptq: {"observe": round(ob, 3), "ratio": round(ob / fl, 3)} for ptq, ob in seconds.items()})
                     rows.append(row)

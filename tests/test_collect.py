@@ -107,3 +107,11 @@ def test_lengths_from_inference_or_from_the_first_run_give_the_same_histograms(c
         a, b = static.histograms[t], probed.histograms[t]
         assert (a.offset, a.minimum, a.maximum) == (b.offset, b.minimum, b.maximum) and np.array_equal(a.counts, b.counts)
     assert static.samples == probed.samples == 9
+
+
+def test_kept_values_do_not_hold_the_whole_output():
+    """Values wait in a list until about 65 Ki of them are counted: a strided view would keep every
+    run's whole output alive meanwhile (memory grew with the stride)."""
+    out = np.arange(1000, dtype=np.float32).reshape(10, 100)
+    kept = collect._kept(out, 3, 7)
+    assert kept.base is None and np.array_equal(kept, out.reshape(-1)[3::7])

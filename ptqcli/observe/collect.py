@@ -82,8 +82,9 @@ def stride_for(row: int, subsample: int) -> int:
 
 
 def _kept(value: np.ndarray, start: int, stride: int) -> np.ndarray:
-    """Every ``stride``-th value of the flattened batch from ``start`` (as the in-graph Slice)."""
-    return value.reshape(-1)[start::stride]
+    """Every ``stride``-th value of the flattened batch from ``start`` (as the in-graph Slice),
+    copied: a strided view would keep the whole output alive until its values are counted."""
+    return value.reshape(-1)[start::stride].copy()
 
 
 def _bad(tensor: str, batch: Batch) -> DataError:
