@@ -202,8 +202,11 @@ def _observe(prepared, tensors, samples, data_options: DataOptions, pass_options
                                subsample=subsample, progress=update, budget=budget, again=feed, resume=state,
                                first=next(feed(), None), checkpoint=save if every else None, every=every)
     except KeyboardInterrupt as exc:
-        done = saved[-1] if saved else state.samples if state is not None else None
-        if done is not None and ckpt_path.exists():
+        if saved or state is not None:  # the file, not saved[-1]: a signal can land between the rename and the append
+            done = checkpoint.load(ckpt_path, key).samples if ckpt_path.exists() else None
+        else:
+            done = None
+        if done is not None:
             raise _Interrupted(getattr(exc, "signum", _signal.SIGINT), checkpoint=str(ckpt_path), done=done) from None
         raise
 
