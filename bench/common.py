@@ -60,6 +60,15 @@ def write_json(path: pathlib.Path, payload: object) -> None:
     os.replace(tmp, path)
 
 
+def write_results(stem: pathlib.Path, payload: object, markdown: str) -> pathlib.Path:
+    """A benchmark's results: ``stem``.json (see ``write_json``) and its report ``stem``.md;
+    returns the report's path."""
+    write_json(stem.with_suffix(".json"), payload)
+    report = stem.with_suffix(".md")
+    report.write_text(markdown)
+    return report
+
+
 def read_json(path: pathlib.Path) -> object:
     """The JSON document at ``path``."""
     return json.loads(path.read_text())

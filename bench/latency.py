@@ -37,7 +37,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bench import procs, run
-from bench.common import BENCH, ROOT, TASKS, WORK, Task, read_json, sample_files, write_json
+from bench.common import BENCH, ROOT, TASKS, WORK, Task, read_json, sample_files, write_json, write_results
 
 PTQ = run.PTQ
 
@@ -266,9 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in tasks:
         results["tasks"][name] = measure_task(TASKS[name], args)
     results["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(args.out.with_suffix(".json"), results)
-    args.out.with_suffix(".md").write_text(markdown(results))
-    _log(f"wrote {args.out.with_suffix('.md').relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
+    report = write_results(args.out, results, markdown(results))
+    _log(f"wrote {report.relative_to(ROOT) if report.is_relative_to(ROOT) else report}")
 
 
 if __name__ == "__main__":

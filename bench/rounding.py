@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from bench import procs
-from bench.common import BENCH, DATA, MODELS, ROOT, TASKS, WORK, write_json
+from bench.common import BENCH, DATA, MODELS, ROOT, TASKS, WORK, write_json, write_results
 from bench.rounding_report import markdown
 from bench.run import environment
 
@@ -206,9 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         run_model(known[name], cfg, lambda partial, name=name: save(partial, name))
     results["seconds"] = round(time.perf_counter() - start, 1)
-    write_json(cfg.out.with_suffix(".json"), results)
-    cfg.out.with_suffix(".md").write_text(markdown(results))
-    _log(f"wrote {cfg.out.with_suffix('.md')} in {results['seconds']:.0f} s")
+    report = write_results(cfg.out, results, markdown(results))
+    _log(f"wrote {report} in {results['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import argparse
 import json
 import pathlib
 
-from bench.common import write_json
+from bench.common import write_results
 from bench.report import _num  # the number format of bench/results.md
 
 COLUMNS = (("w8-nearest", "W8 nearest"), ("w8-adaround", "W8 AdaRound"), ("w8-adaround-bc", "W8 AdaRound+BC"),
@@ -148,8 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=pathlib.Path, required=True, help="stem of the joined .json and .md")
     args = parser.parse_args(argv)
     doc = joined([json.loads(p.read_text()) for p in args.results])
-    write_json(args.out.with_suffix(".json"), doc)
-    args.out.with_suffix(".md").write_text(markdown(doc))
+    write_results(args.out, doc, markdown(doc))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import onnx
 import onnxruntime
 
 from bench import procs, report
-from bench.common import BENCH, ROOT, TASKS, WORK, Task, read_json, write_json
+from bench.common import BENCH, ROOT, TASKS, WORK, Task, read_json, write_results
 
 PY = sys.executable
 PTQ = str(pathlib.Path(sys.executable).with_name("ptq"))
@@ -271,9 +271,8 @@ def main(argv: list[str] | None = None) -> None:
         results["tasks"][name] = run_task(TASKS[name], cfg)
     results["seconds"] = round(time.perf_counter() - start, 1)
     stem = args.out or BENCH / ("results-smoke" if args.smoke else "results")
-    write_json(stem.with_suffix(".json"), results)
-    stem.with_suffix(".md").write_text(report.markdown(results))
-    _log(f"wrote {stem.with_suffix('.md').relative_to(ROOT) if stem.is_relative_to(ROOT) else stem} "
+    written = write_results(stem, results, report.markdown(results))
+    _log(f"wrote {written.relative_to(ROOT) if written.is_relative_to(ROOT) else written} "
          f"in {results['seconds']:.0f} s")
 
 
