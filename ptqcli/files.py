@@ -92,7 +92,22 @@ def write_atomic(path: PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write ``path`` whole or not at all: ``write(f)`` fills a temporary file beside it."""
     with staged(path) as (tmp,):
         with open(tmp, "wb") as f:
-            write(f)
+            try:
+                write(f)
+            except Exception as exc:
+                raise _interruption(exc) or exc
+
+
+def _interruption(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM behind ``exc``, if a library turned one into another error while it
+    cleaned up (``zipfile``, interrupted inside ``np.savez``, complains that a member is open)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__context__
+    return None
 
 
 def write_text_atomic(path: PathLike, text: str) -> None:

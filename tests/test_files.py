@@ -59,6 +59,26 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, error):
     assert target.read_text() == "old" and leftovers(tmp_path) == []
 
 
+def test_an_interruption_that_a_library_turns_into_another_error_is_still_an_interruption(tmp_path):
+    """A signal inside ``np.savez`` surfaced as zipfile's "Can't close the ZIP file while there is
+    an open writing handle" (seen: a SIGTERM during a checkpoint gave exit 1, not 143)."""
+    target = tmp_path / "t.npz"
+    target.write_bytes(b"old")
+    stop = KeyboardInterrupt()
+
+    def interrupted_then_cleanup_fails(f):
+        f.write(b"partial")
+        try:
+            raise stop
+        finally:
+            raise ValueError("Can't close the ZIP file while there is an open writing handle on it")
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        files.write_atomic(target, interrupted_then_cleanup_fails)
+    assert caught.value is stop
+    assert target.read_bytes() == b"old" and leftovers(tmp_path) == []
+
+
 def test_staged_publishes_every_file_or_none(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     with pytest.raises(RuntimeError):
