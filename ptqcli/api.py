@@ -283,7 +283,6 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
     from ptqcli.quantize.decide import build_table, decide
     from ptqcli.quantize.scale_groups import observation_plan
     from ptqcli.quantize.stored import sidecar_path
-    from ptqcli.rounding import datafree, equalize, sequential
     from ptqcli.targets import Target
 
     start = _time.perf_counter()
@@ -335,6 +334,8 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
         image_note(samples, prepared.inputs, data_options.image)
         equalized = synthetic = None
         if rounding.equalize:  # every later step sees the equalized model
+            from ptqcli.rounding import equalize
+
             prepared, equalized = equalize.equalized_model(prepared)
         seconds_observe = 0.0
         skipped: list[SkippedSample] = []
@@ -344,6 +345,8 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
             _log.warning(f"skipped bad sample {exc}")
 
         if rounding.data_free:
+            from ptqcli.rounding import datafree  # SciPy's special functions: 0.4 s to import
+
             stats = datafree.statistics(model)
             if equalized is not None:
                 stats = datafree.rescaled(stats, equalized.scales)
@@ -404,6 +407,8 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
                 table, _ = datafree.correct_biases(prepared, table, synthetic)
             report = None
             if rounding.needs_model_runs:
+                from ptqcli.rounding import sequential
+
                 feeds = sequential.feeds(good, prepared.inputs, rounding, batch_size=data_options.batch_size,
                                          image=data_options.image)
                 weights = sum(prepared.index.array(g.weight).size for g in table.groups.values() if g.weight)
