@@ -24,6 +24,7 @@ from ptqcli import files as _files
 from ptqcli.analysis.evaluate import Evaluation
 from ptqcli.analysis.metrics import Agreement
 from ptqcli.analysis.sensitivity import Sensitivity
+from ptqcli.choices import CHECKPOINT_EVERY as _CHECKPOINT_EVERY
 from ptqcli.choices import ON_BAD_SAMPLE as _ON_BAD_SAMPLE
 from ptqcli.errors import Interrupted as _Interrupted
 from ptqcli.errors import ObservationError as _ObservationError
@@ -48,6 +49,7 @@ PathLike = _typing.Union[str, _os.PathLike]
 _log = _logging.getLogger("ptq")
 
 if _typing.TYPE_CHECKING:
+    from ptqcli.observe.collect import Every as _Every
     from ptqcli.rounding.equalize import Equalized
     from ptqcli.rounding.sequential import RoundingReport
 
@@ -128,20 +130,19 @@ def checkpoint_path_for(table_path: PathLike) -> _pathlib.Path:
 class PassOptions:
     """How the observation pass runs.
 
-    ``checkpoint_every``: samples between two checkpoints (0: none); ``resume``: continue from
+    ``checkpoint_every``: when the pass saves its state: ``N`` (an int, or a string of digits)
+    samples, or ``"Ts"`` seconds, after the last checkpoint (0: never); ``resume``: continue from
     the checkpoint an interrupted run left (none there: start from the first sample); ``workers``:
     shard the samples over that many local Dask worker processes, or over the workers of the Dask
     ``scheduler`` at that address (needs ``pip install ptq[dask]``; no checkpoints)."""
 
-    checkpoint_every: int = 256
+    checkpoint_every: int | str = _CHECKPOINT_EVERY
     resume: bool = False
     workers: int | None = None
     scheduler: str | None = None
 
     def validate(self) -> None:
-        if self.checkpoint_every < 0:
-            raise _OptionError(_Option("checkpoint_every"), f" must be 0 (no checkpoints) or more, "
-                                                          f"got {self.checkpoint_every}")
+        self.every()
         if self.workers is not None and self.workers < 1:
             raise _OptionError(_Option("workers"), f" must be at least 1, got {self.workers}")
         if self.workers is not None and self.scheduler is not None:
@@ -151,6 +152,16 @@ class PassOptions:
             raise _OptionError(_Option("resume"), " continues a single-process pass; a distributed pass (",
                                _Option("workers" if self.workers is not None else "scheduler"),
                                ") keeps no checkpoint")
+
+    def every(self) -> "_Every":
+        """``checkpoint_every`` read."""
+        from ptqcli.observe.collect import Every
+
+        try:
+            return Every.parse(self.checkpoint_every)
+        except ValueError:
+            raise _OptionError(_Option("checkpoint_every", str(self.checkpoint_every)),
+                               ": give a count of samples (256), seconds (30s) or 0 (never)") from None
 
     @property
     def distributed(self) -> bool:
@@ -192,7 +203,7 @@ def _observe(prepared, tensors, samples, data_options: DataOptions, pass_options
         checkpoint.save(s, key, ckpt_path)
         saved.append(s.samples)
 
-    every = pass_options.checkpoint_every
+    every = pass_options.every()
     try:
         if state is None:
             return collect.observe(prepared, tensors, feed(), subsample=subsample, progress=update, budget=budget,

@@ -22,3 +22,7 @@ ON_BAD_SAMPLE = ("fail", "skip")
 #: How weight codes are chosen (``ptqcli.rounding``): rounded to nearest, or learned per weight
 #: on calibration data (AdaRound, Nagel et al. 2020).
 WEIGHTS = ("nearest", "adaround")
+
+#: When the observation pass checkpoints by default (``ptqcli.observe.collect.Every``): by the
+#: clock, so that a fast model does not spend its pass writing checkpoints.
+CHECKPOINT_EVERY = "30s"

@@ -27,7 +27,7 @@ import click
 
 import calibrators
 from ptqcli import __version__
-from ptqcli.choices import ON_BAD_SAMPLE, REQUANT, SIM_CPUS, WEIGHTS
+from ptqcli.choices import CHECKPOINT_EVERY, ON_BAD_SAMPLE, REQUANT, SIM_CPUS, WEIGHTS
 from ptqcli.errors import Interrupted, OptionError, PtqError
 from ptqcli.rounding.options import RoundingOptions
 from ptqcli.targets import Target
@@ -316,9 +316,9 @@ def main() -> None:
               show_default=True, help="AdaRound: Adam steps per layer.")
 @click.option("--adaround-samples", type=click.IntRange(min=16), default=RoundingOptions.adaround_samples,
               show_default=True, help="AdaRound: input rows (patches) per layer, spread over the samples.")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=256, show_default=True, metavar="N",
-              help="Save the pass's state every N samples beside the table (.table.obs.ckpt.npz; 0: never); "
-                   "it is removed when the pass ends.")
+@click.option("--checkpoint-every", default=CHECKPOINT_EVERY, show_default=True,
+              metavar="N|Ts", help="Save the pass's state beside the table (.table.obs.ckpt.npz) every N samples "
+                                   "or every T seconds (0: never); it is removed when the pass ends.")
 @click.option("--resume", is_flag=True,
               help="Continue the pass from the checkpoint an interrupted run left (same model, data and "
                    "options); the table is the one an uninterrupted run writes.")

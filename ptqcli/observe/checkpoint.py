@@ -28,8 +28,6 @@ from ptqcli.observe.observations import pack, unpack
 
 FORMAT = "ptq-checkpoint"
 VERSION = 1
-#: Default samples between two checkpoints (``--checkpoint-every``).
-EVERY = 256
 
 
 def _digest(value: Any) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -272,21 +273,47 @@ class PassState:
 Checkpoint = Callable[[PassState], None]
 
 
-class _Saver:
-    """Counts what each batch consumed and says when ``every`` samples have passed since the
-    last checkpoint; ``save`` then builds the state with ``snapshot(files)``."""
+@dataclass(frozen=True)
+class Every:
+    """When a pass saves a checkpoint: once ``samples`` samples, or ``seconds`` seconds, have
+    passed since the last one (0: that clock is off; both 0: never).  A checkpoint costs a write
+    of every histogram (tens of milliseconds), so a count of samples that suits a slow model
+    checkpoints a fast one many times a second; a clock costs each model the same fraction."""
 
-    def __init__(self, checkpoint: Checkpoint | None, every: int, files: int,
+    samples: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def parse(cls, text: int | str) -> "Every":
+        """``256`` or ``"256"``: samples; ``"30s"``: seconds; ``0``: never.  ValueError otherwise."""
+        word = str(text).strip().lower()
+        value = float(word[:-1]) if word.endswith("s") else int(word)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(text)
+        return cls(seconds=value) if word.endswith("s") else cls(samples=int(value))
+
+    def __bool__(self) -> bool:
+        return self.samples > 0 or self.seconds > 0
+
+
+class _Saver:
+    """Counts what each batch consumed and says when a checkpoint is due (``every``) since the
+    last one; ``save`` then builds the state with ``snapshot(files)``."""
+
+    def __init__(self, checkpoint: Checkpoint | None, every: Every, files: int,
                  snapshot: Callable[[int], PassState]) -> None:
         self.checkpoint, self.every, self.files, self.snapshot = checkpoint, every, files, snapshot
-        self.since = 0
+        self.since, self.last = 0, time.monotonic()
 
     def due(self, files: int, samples: int) -> bool:
         self.files += files
         self.since += samples
-        if self.checkpoint is None or self.every <= 0 or self.since < self.every:
+        if self.checkpoint is None or not self.every:
             return False
-        self.since = 0
+        now = time.monotonic()
+        if not (0 < self.every.samples <= self.since or 0 < self.every.seconds <= now - self.last):
+            return False
+        self.since, self.last = 0, now
         return True
 
     def save(self) -> None:
@@ -381,7 +408,7 @@ class _Counted:
 
 
 def _recount(prepared: Prepared, state: PassState, again: Callable[[int], Iterable[Batch]],
-             checkpoint: Checkpoint | None, every: int, subsample: int) -> dict[str, histogram.Histogram]:
+             checkpoint: Checkpoint | None, every: Every, subsample: int) -> dict[str, histogram.Histogram]:
     """The second stage: every value of ``state.recount`` counted again, from ``state``."""
     dense = {t: Plan(row, 1, not nonnegative(prepared.index, t)) for t, row in state.recount}
     model, probes = lean_model(prepared, dense)
@@ -401,7 +428,7 @@ def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch]
             subsample: int = SUBSAMPLE, progress: Callable[[int], None] | None = None,
             budget: int | None = None, again: Callable[[int], Iterable[Batch]] | None = None,
             resume: PassState | None = None, first: Batch | None = None,
-            checkpoint: Checkpoint | None = None, every: int = 0) -> Observations:
+            checkpoint: Checkpoint | None = None, every: Every = Every()) -> Observations:
     """Run the model once over ``batches`` and stream every tensor into a histogram.
 
     ``budget``: when set, batches are cut so that the observed tensors of one run take at most
@@ -414,7 +441,7 @@ def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch]
     only the part of the model it needs; without it, ranges drawn from such a histogram are
     widened instead (``quantize.decide``).
 
-    ``checkpoint(state)`` is called every ``every`` samples, at the end of a batch.  ``resume``
+    ``checkpoint(state)`` is called when ``every`` says, at the end of a batch.  ``resume``
     continues from such a state: ``batches`` then starts at file ``resume.files`` (unless the
     state is in the second stage, which reads ``again``) and ``first`` is the folder's first
     batch, whose shapes fixed the plan.  Batches must be cut where the interrupted run cut them
