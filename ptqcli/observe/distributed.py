@@ -106,12 +106,30 @@ class Job:
     per_host: dict[str, int]
 
 
-def shards(prepared: Prepared, tensors: Sequence[str], files: Sequence[pathlib.Path], image: ImageSpec,
-           batch_size: int | None, count: int) -> tuple[list[Shard], dict[str, int], int]:
-    """``files`` cut into about ``count`` shards at batch boundaries, each with the stream
-    positions of its first file; also every tensor's length in the first sample, and the batch
-    size.  Raises ``UnsupportedError`` when a tensor's length does not follow from the input
-    shapes."""
+@dataclass(frozen=True)
+class Layout:
+    """The folder as a single process would run it: each file's sample count and the values of
+    each tensor per sample of its shapes (``lengths[signatures[i]]``), the files where batches
+    begin, and the batch size."""
+
+    files: tuple[pathlib.Path, ...]
+    counts: list[int]
+    signatures: list[tuple]
+    lengths: dict[tuple, dict[str, int]]
+    starts: list[int]
+    limit: int
+
+    @property
+    def first(self) -> dict[str, int]:
+        """Every tensor's length in the first sample."""
+        return self.lengths[self.signatures[0]]
+
+
+def layout(prepared: Prepared, tensors: Sequence[str], files: Sequence[pathlib.Path], image: ImageSpec,
+           batch_size: int | None) -> Layout:
+    """Read the folder's input shapes (headers only where it can) and infer every tensor's length
+    for each distinct one.  Raises ``UnsupportedError`` when a tensor's length does not follow
+    from the input shapes."""
     shapes = [sample_shapes(f, prepared.inputs, image) for f in files]
     signatures = [tuple(sorted((k, v[1:]) for k, v in s.items())) for s in shapes]
     lengths: dict[tuple, dict[str, int]] = {}
@@ -125,16 +143,22 @@ def shards(prepared: Prepared, tensors: Sequence[str], files: Sequence[pathlib.P
                                        f"their subsample starts; calibrate in one process (without --workers)")
             lengths[sig] = {t: known[t] for t in tensors}
     counts = [next(iter(s.values()))[0] for s in shapes]  # samples per file: the leading axis
-    starts = batch_starts(shapes, prepared.inputs, batch_size)
-    step = max(1, -(-len(starts) // max(count, 1)))
-    cuts = starts[::step] + [len(files)]
-    out, seen = [], dict.fromkeys(tensors, 0)
+    return Layout(tuple(files), counts, signatures, lengths, batch_starts(shapes, prepared.inputs, batch_size),
+                  batch_limit(shapes[0], prepared.inputs, batch_size))
+
+
+def shards(folder: Layout, count: int) -> list[Shard]:
+    """The folder cut into about ``count`` shards at batch boundaries, each with the stream
+    positions of its first file."""
+    step = max(1, -(-len(folder.starts) // max(count, 1)))
+    cuts = folder.starts[::step] + [len(folder.files)]
+    out, seen = [], dict.fromkeys(folder.first, 0)
     for a, b in zip(cuts, cuts[1:]):
-        out.append(Shard(tuple(files[a:b]), dict(seen), sum(counts[a:b])))
+        out.append(Shard(folder.files[a:b], dict(seen), sum(folder.counts[a:b])))
         for i in range(a, b):
-            for t in tensors:
-                seen[t] += counts[i] * lengths[signatures[i]][t]
-    return out, lengths[signatures[0]], batch_limit(shapes[0], prepared.inputs, batch_size)
+            for t, n in folder.lengths[folder.signatures[i]].items():
+                seen[t] += folder.counts[i] * n
+    return out
 
 
 def _threads(per_host: dict[str, int]) -> int:
@@ -149,13 +173,19 @@ def _threads(per_host: dict[str, int]) -> int:
     return max(1, cores // per_host.get(host, 1))
 
 
+#: The session of the last job this worker process ran (a job's shards share it).
+_session: tuple[Job, Any] | None = None
+
+
 def run_shard(job: Job, shard: Shard) -> tuple[dict[str, histogram.Histogram], int]:
     """Observe one shard (on a worker): its histograms and the samples it ran."""
-    session = runtime.session(job.model, threads=_threads(job.per_host))
+    global _session
+    if _session is None or _session[0] is not job:  # Dask hands a worker's tasks one copy of a scattered job
+        _session = job, runtime.session(job.model, threads=_threads(job.per_host))
     stream = collect.Stream(job.plan, job.subsample, shard.seen)
     hists = {t: histogram.empty() for t in job.plan}
     feed = batches(shard.files, job.inputs, batch_size=job.batch_size, image=job.image)
-    samples = collect.run(session, job.probes, feed, stream, hists, None, chunk=job.chunk or None)
+    samples = collect.run(_session[1], job.probes, feed, stream, hists, None, chunk=job.chunk or None)
     return hists, samples
 
 
@@ -191,11 +221,21 @@ def observe(prepared: Prepared, tensors: Sequence[str], files: Sequence[pathlib.
     local cluster of ``workers`` processes, the cluster of ``scheduler``, or ``dask_client``."""
     if not files or not tensors:
         return Observations(prepared.fingerprint, 0, subsample, {t: histogram.empty() for t in tensors})
-    c = dask_client if dask_client is not None else client(workers, scheduler)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:  # the cluster starts while the folder's layout is read
+        starting = pool.submit(client, workers, scheduler) if dask_client is None else None
+        try:
+            folder = layout(prepared, tensors, files, image, batch_size)
+        except BaseException:
+            if starting is not None and starting.exception() is None:
+                close(starting.result())
+            raise
+    c = dask_client if starting is None else starting.result()
     try:
         per_host = _per_host(c)
-        count = SHARDS_PER_WORKER * max(1, sum(per_host.values()))
-        parts, first, limit = shards(prepared, tensors, files, image, batch_size, count)
+        parts = shards(folder, SHARDS_PER_WORKER * max(1, sum(per_host.values())))
+        first, limit = folder.first, folder.limit
         plan = {t: Plan(first[t], collect.stride_for(first[t], subsample), not nonnegative(prepared.index, t))
                 for t in tensors}
         chunk = 0 if budget is None else max(1, budget // max(4 * sum(first.values()), 1))
