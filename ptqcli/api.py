@@ -21,6 +21,7 @@ import typing as _typing
 from contextlib import nullcontext as _nullcontext
 
 from ptqcli import files as _files
+from ptqcli import stops as _stops
 from ptqcli.analysis.evaluate import Evaluation
 from ptqcli.analysis.metrics import Agreement
 from ptqcli.analysis.sensitivity import Sensitivity
@@ -205,13 +206,14 @@ def _observe(prepared, tensors, samples, data_options: DataOptions, pass_options
 
     every = pass_options.every()
     try:
-        if state is None:
-            return collect.observe(prepared, tensors, feed(), subsample=subsample, progress=update, budget=budget,
-                                   again=feed, checkpoint=save if every else None, every=every)
-        update(state.files if not state.recount else len(samples))
-        return collect.observe(prepared, tensors, feed(len(samples) if state.recount else state.files),
-                               subsample=subsample, progress=update, budget=budget, again=feed, resume=state,
-                               first=next(feed(), None), checkpoint=save if every else None, every=every)
+        with _stops.deferred():  # Ctrl-C stops after a batch, with a checkpoint of every sample run
+            if state is None:
+                return collect.observe(prepared, tensors, feed(), subsample=subsample, progress=update,
+                                       budget=budget, again=feed, checkpoint=save if every else None, every=every)
+            update(state.files if not state.recount else len(samples))
+            return collect.observe(prepared, tensors, feed(len(samples) if state.recount else state.files),
+                                   subsample=subsample, progress=update, budget=budget, again=feed, resume=state,
+                                   first=next(feed(), None), checkpoint=save if every else None, every=every)
     except KeyboardInterrupt as exc:
         if saved or state is not None:  # the file, not saved[-1]: a signal can land between the rename and the append
             done = checkpoint.load(ckpt_path, key).samples if ckpt_path.exists() else None

@@ -65,7 +65,8 @@ def _interrupted(exc: KeyboardInterrupt) -> _Failure:
 @contextlib.contextmanager
 def _signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise ``Interrupted`` in the main thread, so that temporary files and
-    locks are cleaned up on the way out; the previous handlers come back afterwards."""
+    locks are cleaned up on the way out (inside ``stops.deferred`` the first one waits for a safe
+    point); the previous handlers come back afterwards."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -76,9 +77,17 @@ def _signals() -> Iterator[None]:
             signal.signal(s, signal.SIG_IGN)
         raise Interrupted(signum)
 
+    def first(signum: int, frame: Any) -> None:
+        from ptqcli import stops
+
+        if not stops.hold(signum):  # else the work stops at its next safe point; a second signal at once
+            stop(signum, frame)
+        for s in watched:
+            signal.signal(s, stop)
+
     previous = {s: signal.getsignal(s) for s in watched}
     for s in watched:
-        signal.signal(s, stop)
+        signal.signal(s, first)
     try:
         yield
     finally:

@@ -30,8 +30,8 @@ import numpy as np
 import onnx
 
 from calibrators import guard, histogram
-from ptqcli import runtime
-from ptqcli.errors import DataError
+from ptqcli import runtime, stops
+from ptqcli.errors import DataError, Interrupted
 from ptqcli.graph import Prepared
 from ptqcli.graph.sign import nonnegative
 from ptqcli.observe.dataset import Batch
@@ -326,7 +326,8 @@ def run(session, probes: Sequence[Probe], batches: Iterable[Batch], stream: Stre
          chunk: int | None = None, saver: _Saver | None = None) -> int:
     """Run ``session`` over ``batches`` (each cut into runs of at most ``chunk`` samples) and
     count each probe's values into ``hists``; after a batch, when ``saver`` says a checkpoint is
-    due, count every waiting value and save.  Returns the number of samples run."""
+    due, or a signal is held (``ptqcli.stops``), count every waiting value and save (and then, for
+    a signal, stop).  Returns the number of samples run."""
     names = [o.name for o in session.get_outputs()]
     pending = {p.tensor: _Pending() for p in probes}
 
@@ -351,9 +352,13 @@ def run(session, probes: Sequence[Probe], batches: Iterable[Batch], stream: Stre
                 samples += batch.count
                 if progress is not None:
                     progress(batch.count)
-            if saver is not None and saver.due(len(whole.files), whole.count):
+            due = saver is not None and saver.due(len(whole.files), whole.count)
+            stop = stops.due()
+            if due or (stop is not None and saver is not None and saver.checkpoint is not None):
                 flush()
                 saver.save()
+            if stop is not None:  # a signal held for this point: the checkpoint holds every sample run
+                raise Interrupted(stop)
         flush()
     return samples
 
