@@ -185,66 +185,29 @@ class Stream:
                 out[p.stride] = np.array([k], np.int64)
         return out
 
-    def advance(self, probe: Probe, out: dict[str, np.ndarray], batch: Batch) -> tuple[int, int]:
-        """Move ``probe``'s stream past one run's values (learning its stride on the first run);
-        returns where they start in the stream and the stride the run was fed."""
+    def take(self, probe: Probe, out: dict[str, np.ndarray], batch: Batch) -> tuple[np.ndarray, float | None, float]:
+        """The values to count, the minimum (None: not reduced) and the maximum of one probe."""
         t = probe.tensor
-        at, fed = self.seen[t], self.stride[t] or 1
-        size = out[t].size if probe.exposed else int(out[probe.size])
-        if self.stride[t] is None:
-            self.stride[t] = stride_for(size // batch.count, self.subsample)
-        self.seen[t] += size
-        return at, fed
-
-    def take(self, probe: Probe, out: dict[str, np.ndarray], batch: Batch, at: int,
-             fed: int) -> tuple[np.ndarray, float | None, float]:
-        """The values to count, the minimum (None: not reduced) and the maximum of one probe
-        whose run started at stream position ``at`` with stride ``fed`` (``advance``)."""
-        t = probe.tensor
-        k = self.stride[t]
         if probe.exposed:  # NumPy's min and max propagate NaN: finite extremes, finite values
             value = out[t]
             hi = float(value.max()) if value.size else -math.inf
             lo = float(value.min()) if probe.lower and value.size else None
             if value.size and not (math.isfinite(hi) and (lo is None or math.isfinite(lo))):
                 raise _bad(t, batch)
-            return _kept(value, -at % k, k), lo, hi
+            values = _kept(value, -self.seen[t] % self.stride[t], self.stride[t])
+            self.seen[t] += value.size
+            return values, lo, hi
         values, hi = out[probe.values], float(out[probe.maximum])
         lo = float(out[probe.minimum]) if probe.minimum is not None else None
-        if fed != k:  # the first run of a tensor of unknown length: every value came out
-            values = values[-at % k::k]
+        size = int(out[probe.size])
+        if self.stride[t] is None:  # the first run: the whole tensor came out
+            self.stride[t] = stride_for(size // batch.count, self.subsample)
+            values = values[::self.stride[t]]
+        self.seen[t] += size
         if values.size and not (math.isfinite(hi) and (lo is None or math.isfinite(lo))
                                 and np.isfinite(values).all()):
             raise _bad(t, batch)
         return values, lo, hi
-
-
-class _Background:
-    """One counting job at a time on a worker thread, while the caller runs the next batch:
-    ONNX Runtime and NumPy's loops release the GIL, so the two overlap.  Jobs run in the order
-    given (one worker); ``submit`` first waits for the previous job, so at most one batch of
-    outputs waits, and a job's error is raised in the caller at the next ``submit`` or ``wait``."""
-
-    def __init__(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptq-count")
-        self._job = None
-
-    def wait(self) -> None:
-        job, self._job = self._job, None
-        if job is not None:
-            job.result()
-
-    def submit(self, fn: Callable[..., None], *args) -> None:
-        self.wait()
-        self._job = self._pool.submit(fn, *args)
-
-    def __enter__(self) -> "_Background":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._pool.shutdown(wait=True)  # an interrupted pass leaves no thread counting behind
 
 
 @dataclass(frozen=True)
@@ -331,41 +294,37 @@ def run(session, probes: Sequence[Probe], batches: Iterable[Batch], stream: Stre
     names = [o.name for o in session.get_outputs()]
     pending = {p.tensor: _Pending() for p in probes}
 
-    def count(out: dict[str, np.ndarray], batch: Batch, where: list[tuple[int, int]]) -> None:
-        for probe, (at, fed) in zip(probes, where):
-            wait = pending[probe.tensor]
-            wait.add(*stream.take(probe, out, batch, at, fed))
-            if wait.size >= FLUSH_VALUES:
-                hists[probe.tensor] = wait.flush(hists[probe.tensor])
-
     def flush() -> None:
-        counter.wait()
         for t, wait in pending.items():
             hists[t] = wait.flush(hists[t])
 
     samples = 0
-    with _Background() as counter:
-        for whole in batches:
-            for batch in _chunks(whole, chunk):
-                out = dict(zip(names, session.run(names, {**batch.feeds, **stream.feeds(probes)})))
-                counter.submit(count, out, batch, [stream.advance(p, out, batch) for p in probes])
-                samples += batch.count
-                if progress is not None:
-                    progress(batch.count)
-            due = saver is not None and saver.due(len(whole.files), whole.count)
-            stop = stops.due()
-            if due or (stop is not None and saver is not None and saver.checkpoint is not None):
-                flush()
-                saver.save()
-            if stop is not None:  # a signal held for this point: the checkpoint holds every sample run
-                raise Interrupted(stop)
-        flush()
+    for whole in batches:
+        for batch in _chunks(whole, chunk):
+            out = dict(zip(names, session.run(names, {**batch.feeds, **stream.feeds(probes)})))
+            for probe in probes:
+                values, lo, hi = stream.take(probe, out, batch)
+                wait = pending[probe.tensor]
+                wait.add(values, lo, hi)
+                if wait.size >= FLUSH_VALUES:
+                    hists[probe.tensor] = wait.flush(hists[probe.tensor])
+            samples += batch.count
+            if progress is not None:
+                progress(batch.count)
+        due = saver is not None and saver.due(len(whole.files), whole.count)
+        stop = stops.due()
+        if due or (stop is not None and saver is not None and saver.checkpoint is not None):
+            flush()
+            saver.save()
+        if stop is not None:  # a signal held for this point: the checkpoint holds every sample run
+            raise Interrupted(stop)
+    flush()
     return samples
 
 
 def _main(prepared: Prepared, plan: dict[str, Plan], first: Batch | None, batches: Iterator[Batch],
           state: PassState | None, progress: Callable[[int], None] | None, budget: int | None,
-          checkpoint: Checkpoint | None, every: Every, subsample: int) -> PassState:
+          checkpoint: Checkpoint | None, every: int, subsample: int) -> PassState:
     """The main stage, from the start (``state`` None; ``first`` is then the first batch) or from
     ``state``.  Returns the state at its end."""
     stream = Stream(plan, subsample, state.seen if state is not None else None)
