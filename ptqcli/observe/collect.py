@@ -42,8 +42,11 @@ from ptqcli.observe.probes import Plan, Probe, lean_model
 SUBSAMPLE = 1 << 12
 #: With automatic batches, the observed activations of one run stay near this many bytes.
 BATCH_BYTES = 1 << 24
-#: Values of one tensor gathered before they are counted (bounds the memory that waits).
+#: Values of one tensor gathered before they are counted, and of all tensors together (bounds the
+#: memory that waits: each tensor's own bound alone lets the peak creep up with the samples, as
+#: more of the tensors' fill levels happen to peak together).
 FLUSH_VALUES = 1 << 16
+PENDING_VALUES = 1 << 20
 
 
 def _prime(n: int) -> bool:
@@ -308,6 +311,11 @@ def run(session, probes: Sequence[Probe], batches: Iterable[Batch], stream: Stre
                 wait.add(values, lo, hi)
                 if wait.size >= FLUSH_VALUES:
                     hists[probe.tensor] = wait.flush(hists[probe.tensor])
+            waiting = sum(w.size for w in pending.values())
+            while waiting > PENDING_VALUES:  # the fullest first: what waits stays bounded whatever the phases
+                t, wait = max(pending.items(), key=lambda item: item[1].size)
+                waiting -= wait.size
+                hists[t] = wait.flush(hists[t])
             samples += batch.count
             if progress is not None:
                 progress(batch.count)
