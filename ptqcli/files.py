@@ -125,24 +125,29 @@ def identity(path: PathLike) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def same_file(a: PathLike, b: PathLike) -> bool:
-    """Whether two paths name one file: the same inode where both exist (links, bind mounts),
-    else the same absolute path once symbolic links are resolved."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
 def check_not_inputs(outputs: Sequence[tuple[str, PathLike]], inputs: Iterable[tuple[str, PathLike]]) -> None:
     """Refuse an output (``(option name, path)``) that is one of the inputs (``(what it is,
-    path)``), naming both."""
+    path)``), naming both: the same inode where both exist (links, bind mounts), else the same
+    path once symbolic links are resolved.  Each path is looked at once, not once per pair (a
+    folder of 5,000 samples made that 1.5 s of every start)."""
     inputs = list(inputs)
+    by_inode: dict[tuple[int, int], tuple[str, PathLike]] = {}
+    by_path: dict[str, tuple[str, PathLike]] = {}
+    for role, path in inputs:
+        key = identity(path)
+        if key is not None:
+            by_inode.setdefault(key, (role, path))
+        else:
+            by_path.setdefault(os.path.realpath(path), (role, path))
     for option, out in outputs:
-        for role, path in inputs:
-            if same_file(out, path):
-                raise OptionError(Option(option, str(out)), f": that is the {role} {str(path)!r}; "
-                                  f"writing it would destroy an input")
+        key = identity(out)
+        hit = by_inode.get(key) if key is not None else None
+        if hit is None and (key is None or by_path):  # a path that names no file yet can still be spelled as an input
+            hit = by_path.get(os.path.realpath(out))
+        if hit is not None:
+            role, path = hit
+            raise OptionError(Option(option, str(out)), f": that is the {role} {str(path)!r}; "
+                              f"writing it would destroy an input")
 
 
 def _lock_path(path: pathlib.Path) -> pathlib.Path:
