@@ -50,9 +50,10 @@ def _time_rows(name: str, m: dict) -> list[str]:
         wall = v["wall_seconds"]
         learned = f"{v['learned']}/{v['layers']}" if v.get("iterations") else "–"
         ratio = f"{wall / base:.0f}×" if base else "–"
+        load = "-".join(f"{x:.1f}" for x in v["load"]) if v.get("load") else "–"
         rows.append(f"| {name} | {c} | {_num(base, 2)} | {wall:.0f} | {_num(v.get('rounding_seconds'), 0)} | "
                     f"{_num(v.get('adaround_seconds'), 0)} | {v.get('iterations', '–')} | {v.get('passes', '–')} | "
-                    f"{v.get('rows_samples', '–')} | {learned} | {ratio} |")
+                    f"{v.get('rows_samples', '–')} | {learned} | {ratio} | {load} |")
     return rows
 
 
@@ -133,9 +134,10 @@ def markdown(results: dict) -> str:
     head += ["", "## Time", "",
              "Wall: the whole `ptq calibrate` process (observation pass included); rounding: the sequential "
              "pass; AdaRound: the layers' optimization alone; × float: wall over one float pass over the "
-             "calibration samples.", "",
+             "calibration samples; load: the 1-minute load average at the start and end of the variant "
+             "(2 cores, shared).", "",
              "| model | variant | float pass s | wall s | rounding s | AdaRound s | iterations/layer | passes | "
-             "samples | learned kept | × float |", "|" + "---|" * 11]
+             "samples | learned kept | × float | load |", "|" + "---|" * 12]
     for name, m in results["models"].items():
         head += _time_rows(name, m)
     head += ["", "## Targets (issue 13)", ""] + targets(results) + [""]
