@@ -16,8 +16,7 @@ they are once quantized, so that a layer can absorb the error its inputs already
 3. with per-tensor weights, each layer's weight range is chosen by its output error on those
    rows (``ptqcli.rounding.weight_range``); then each layer of the wave is rounded (``calibrators.adaround`` on the first three quarters of its
    rows, judged against nearest rounding on the last quarter, which come from other samples; a
-   layer whose learned codes do not lower the held-out loss keeps nearest, and so does a layer with
-   fewer training rows than inputs: ``too_few_rows``), its codes kept within
+   layer whose learned codes do not lower the held-out loss keeps nearest), its codes kept within
    the x86 pair bound (``ptqcli.rounding.pairs``), and its bias corrected: ``b -= E[W~ x^ + b] -
    E[W x + b]`` per output channel (Nagel et al. 2019, section 4.2, "empirical bias correction"),
    with the expectations over every position of the pass, not only the sampled rows.
@@ -78,7 +77,7 @@ class LayerReport:
 @dataclass(frozen=True)
 class RoundingReport:
     layers: tuple[LayerReport, ...]
-    skipped: tuple[tuple[str, str], ...]   # (layer, why it kept nearest rounding)
+    skipped: tuple[tuple[str, str], ...]   # (layer, why it kept nearest rounding untouched)
     passes: int                            # runs over the data: the float pass, one partial QDQ run per wave
     samples: int
     seconds: float
@@ -209,9 +208,6 @@ def round_weights(prepared: Prepared, table: ScaleTable, feeds: Sequence[Feed], 
             current = replace(table, stored=stored)
             rows[anchor] = _Rows([], [])  # free the rows
             reports.append(report)
-            why = too_few_rows(report, specs[anchor].view(index.array(specs[anchor].weight)).shape[2])
-            if options.weights == "adaround" and why:
-                skipped.append((anchor, why))
             if progress is not None:
                 progress(report.weights)
     out = replace(table, stored=stored if stored else None)
@@ -282,8 +278,8 @@ def _round_layer(prepared: Prepared, table: ScaleTable, spec: LayerView, r: _Row
     chosen = nearest
     loss_n = loss_l = None
     learned, repaired, iterations = False, 0, 0
-    cut = int(round(layer.rows * (1 - HOLDOUT)))
-    if options.weights == "adaround" and cut >= layer.weight.shape[2]:  # too few rows: see ``too_few_rows``
+    if options.weights == "adaround":
+        cut = int(round(layer.rows * (1 - HOLDOUT)))
         train, held = layer.rows_slice(slice(0, cut)), layer.rows_slice(slice(cut, None))
         result = adaround(train, AdaRoundOptions(iterations=options.adaround_iters), np.random.default_rng(seed))
         iterations = result.iterations
@@ -312,18 +308,6 @@ def _round_layer(prepared: Prepared, table: ScaleTable, spec: LayerView, r: _Row
     report = LayerReport(spec.anchor, spec.op_type, int(w.size), layer.rows, iterations, loss_n, loss_l, learned,
                          repaired if learned else 0, shift, time.perf_counter() - t0, factor)
     return report, new, entries
-
-
-def too_few_rows(report: LayerReport, inputs: int) -> str | None:
-    """Why a layer kept nearest rounding without learning, or None.  AdaRound learns from fewer
-    training rows than the layer has inputs (``K``) only what fits those rows: their span leaves
-    directions of the input space the loss never sees, in which the learned rounding errors add
-    up unchecked.  Layers fed one row per sample (squeeze-excitation convolutions and classifier
-    Gemms on 75 training samples, K of 88 to 512) learned codes that raised the calibration
-    samples' output SQNR and lowered the evaluation samples' (PP-OCR cls: 34.2 -> 40.0 dB on the
-    calibration folder, 34.3 -> 33.0 dB on the evaluation one); so such a layer keeps nearest."""
-    train = int(round(report.rows * (1 - HOLDOUT)))
-    return f"{train} training rows for {inputs} inputs" if train < inputs else None
 
 
 def _broadcast_scale(spec: LayerView, p, w: np.ndarray) -> np.ndarray:
