@@ -258,7 +258,7 @@ def _round_layer(prepared: Prepared, table: ScaleTable, spec: LayerView, r: _Row
     new: dict[str, np.ndarray] = {}
     entries: dict[str, TensorEntry] = {}
     factor = None
-    if len(wp.scale) == 1 and spec.weight not in (table.stored.codes if table.stored else {}):  # per tensor
+    if wp.axis is None and spec.weight not in (table.stored.codes if table.stored else {}):  # per tensor
         floor = bias_floor(bias, table.tensors[spec.input].params, False) if spec.bias else 0.0
         choice = weight_range.choose(spec, layer, floor, pair_bound=pair_bound)
         factor = choice.factor
