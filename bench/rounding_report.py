@@ -112,14 +112,21 @@ def _run_line(run: dict) -> str:
 
 
 def joined(documents: list[dict]) -> dict:
-    """One results document from several runs: their models (a later run's replaces an earlier
-    run's model of the same name) and, under ``runs``, each run's command, configuration and
-    environment."""
+    """One results document from several runs: their models and, under ``runs``, each run's
+    command, configuration and environment.  Runs of one model join variant by variant (a later
+    run's variant replaces an earlier run's of the same name; the model's float figures are the
+    later run's), so a model's columns can come from runs made apart; each variant records the
+    run it came from (``run``: its index in ``runs``)."""
     out: dict = {"runs": [], "models": {}}
     for doc in documents:
-        out["runs"] += doc.get("runs") or [{k: doc[k] for k in ("command", "config", "environment", "seconds")
-                                            if k in doc}]
-        out["models"].update(doc["models"])
+        runs = doc.get("runs") or [{k: doc[k] for k in ("command", "config", "environment", "seconds") if k in doc}]
+        first = len(out["runs"])
+        out["runs"] += runs
+        for name, model in doc["models"].items():
+            variants = {c: {**v, "run": v.get("run", 0) + first} for c, v in model["variants"].items()}
+            if name in out["models"]:
+                variants = {**out["models"][name]["variants"], **variants}
+            out["models"][name] = {**model, "variants": variants}
     return out
 
 
