@@ -143,12 +143,14 @@ def variant(model: Model, column: str, args: list[str], cfg: argparse.Namespace,
     if "adaround" in args:
         args = args + ["--adaround-iters", str(cfg.iters)]
     table = wdir / f"{column}.json"
+    load = os.getloadavg()[0]  # the machine is shared: a wall time means little without the load
     o = procs.run([PTQ, "calibrate", str(model.path), "-o", str(table), "--json"] + args, timeout=cfg.timeout,
                   log=wdir / f"{column}.calibrate.log")
     if o.status != "ok":
         return _failure(o)
     summary = _json(o.stdout)
-    result = {"status": "ok", "wall_seconds": round(o.seconds, 2), "peak_rss_mb": round(o.peak_rss_mb)}
+    result = {"status": "ok", "wall_seconds": round(o.seconds, 2), "peak_rss_mb": round(o.peak_rss_mb),
+              "load": [round(load, 2), round(os.getloadavg()[0], 2)]}
     rounding = summary.get("rounding")
     if rounding:
         layers = rounding["layers"]

@@ -50,9 +50,10 @@ def _time_rows(name: str, m: dict) -> list[str]:
         wall = v["wall_seconds"]
         learned = f"{v['learned']}/{v['layers']}" if v.get("iterations") else "–"
         ratio = f"{wall / base:.0f}×" if base else "–"
+        load = "-".join(f"{x:.1f}" for x in v["load"]) if v.get("load") else "–"
         rows.append(f"| {name} | {c} | {_num(base, 2)} | {wall:.0f} | {_num(v.get('rounding_seconds'), 0)} | "
                     f"{_num(v.get('adaround_seconds'), 0)} | {v.get('iterations', '–')} | {v.get('passes', '–')} | "
-                    f"{v.get('rows_samples', '–')} | {learned} | {ratio} |")
+                    f"{v.get('rows_samples', '–')} | {learned} | {ratio} | {load} |")
     return rows
 
 
@@ -111,14 +112,21 @@ def _run_line(run: dict) -> str:
 
 
 def joined(documents: list[dict]) -> dict:
-    """One results document from several runs: their models (a later run's replaces an earlier
-    run's model of the same name) and, under ``runs``, each run's command, configuration and
-    environment."""
+    """One results document from several runs: their models and, under ``runs``, each run's
+    command, configuration and environment.  Runs of one model join variant by variant (a later
+    run's variant replaces an earlier run's of the same name; the model's float figures are the
+    later run's), so a model's columns can come from runs made apart; each variant records the
+    run it came from (``run``: its index in ``runs``)."""
     out: dict = {"runs": [], "models": {}}
     for doc in documents:
-        out["runs"] += doc.get("runs") or [{k: doc[k] for k in ("command", "config", "environment", "seconds")
-                                            if k in doc}]
-        out["models"].update(doc["models"])
+        runs = doc.get("runs") or [{k: doc[k] for k in ("command", "config", "environment", "seconds") if k in doc}]
+        first = len(out["runs"])
+        out["runs"] += runs
+        for name, model in doc["models"].items():
+            variants = {c: {**v, "run": v.get("run", 0) + first} for c, v in model["variants"].items()}
+            if name in out["models"]:
+                variants = {**out["models"][name]["variants"], **variants}
+            out["models"][name] = {**model, "variants": variants}
     return out
 
 
@@ -133,9 +141,10 @@ def markdown(results: dict) -> str:
     head += ["", "## Time", "",
              "Wall: the whole `ptq calibrate` process (observation pass included); rounding: the sequential "
              "pass; AdaRound: the layers' optimization alone; × float: wall over one float pass over the "
-             "calibration samples.", "",
+             "calibration samples; load: the 1-minute load average at the start and end of the variant "
+             "(2 cores, shared).", "",
              "| model | variant | float pass s | wall s | rounding s | AdaRound s | iterations/layer | passes | "
-             "samples | learned kept | × float |", "|" + "---|" * 11]
+             "samples | learned kept | × float | load |", "|" + "---|" * 12]
     for name, m in results["models"].items():
         head += _time_rows(name, m)
     head += ["", "## Targets (issue 13)", ""] + targets(results) + [""]

@@ -41,6 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import special
 
 #: Stretch of the rectified sigmoid (eq. 23).
 ZETA, GAMMA = 1.1, -0.1
@@ -203,6 +204,97 @@ def beta_at(step: int, options: AdaRoundOptions) -> float | None:
     return end + (start - end) * max(0.0, 1.0 - rel)
 
 
+class _Trainer:
+    """The gradient of :func:`objective` for minibatch after minibatch of one layer, computed with
+    fewer passes over the weights and cheaper minibatches (the same maths; ``objective`` is the
+    readable reference, and a test holds the two together):
+
+    - the rows are laid out ``[R, G, K]`` once, so a minibatch is a gather of contiguous rows (in
+      ``[G, R, K]`` a depthwise layer's minibatch is ``G`` strided gathers: 6x slower on the
+      480-group layers of PP-OCRv4 rec);
+    - the clip of the codes to ``[qmin, qmax]`` and its mask are applied only where a weight's
+      ``floor`` lies on the boundary, the activation's clip only when it has finite bounds;
+    - the regularizer's value (a second power over every weight) is not computed: Adam needs
+      its gradient only; ``sign(d) |d| ** (beta - 1)`` is one power and a copysign;
+    - every weight-sized temporary is a buffer reused in place, so one step costs about 30
+      passes over the weights instead of about 60 (the last layer of rec has 795,000)."""
+
+    def __init__(self, layer: Layer, floor: np.ndarray) -> None:
+        g, o, k = layer.weight.shape
+        self.layer, self.floor = layer, floor
+        self.x = layer.inputs.reshape(layer.rows, 1, k) if g == 1 else np.ascontiguousarray(
+            layer.inputs.transpose(1, 0, 2))  # [R, G, K]
+        self.y = layer.target.reshape(layer.rows, 1, o) if g == 1 else np.ascontiguousarray(
+            layer.target.transpose(1, 0, 2))  # [R, G, O]
+        self.bias = layer.bias[:, 0]  # [G, O]
+        # the few weights whose floor + h can leave [qmin, qmax] (a channel's largest weight under
+        # a max range sits at qmax exactly): only these need the clip and its mask
+        self.edge = np.flatnonzero((floor < layer.qmin) | (floor + 1 > layer.qmax))
+        self.clamped = np.isfinite(layer.clamp).any()
+        shape = layer.weight.shape
+        self.sig, self.h, self.dh, self.w, self.tmp = (np.empty(shape, np.float32) for _ in range(5))
+        self.active = np.empty(shape, bool)
+
+    def _products(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """``[B, G, K] x [G, O, K] -> [B, G, O]`` (one group: one BLAS product)."""
+        if w.shape[0] == 1:
+            return (x[:, 0] @ w[0].T)[:, None]
+        if w.shape[1] == 1:
+            return np.einsum("bgk,gk->bg", x, w[:, 0])[:, :, None]
+        return np.einsum("bgk,gok->bgo", x, w)
+
+    def _weight_grad(self, d_out: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """``[B, G, O] x [B, G, K] -> [G, O, K]``."""
+        if x.shape[1] == 1:
+            return (d_out[:, 0].T @ x[:, 0])[None]
+        if d_out.shape[2] == 1:
+            return np.einsum("bg,bgk->gk", d_out[:, :, 0], x)[:, None]
+        return np.einsum("bgo,bgk->gok", d_out, x)
+
+    def gradient(self, v: np.ndarray, rows: np.ndarray, beta: float | None, reg_weight: float) -> np.ndarray:
+        """The gradient of eq. 25 in ``V`` on the training rows ``rows`` (``V``'s shape, float32)."""
+        layer, sig, h, dh, w, tmp, active = self.layer, self.sig, self.h, self.dh, self.w, self.tmp, self.active
+        special.expit(v, out=sig)
+        np.multiply(sig, np.float32(ZETA - GAMMA), out=tmp)  # the stretched sigmoid (eq. 23)
+        tmp += np.float32(GAMMA)
+        np.greater(tmp, 0.0, out=active)
+        active &= tmp < 1.0
+        np.clip(tmp, 0.0, 1.0, out=h)
+        np.subtract(1.0, sig, out=dh)  # dh/dV = sig (1 - sig) (zeta - gamma) where not clipped
+        dh *= sig
+        dh *= np.float32(ZETA - GAMMA)
+        dh *= active
+        np.add(self.floor, h, out=w)
+        q = w.reshape(-1)[self.edge]
+        inside = (q >= layer.qmin) & (q <= layer.qmax)
+        w.reshape(-1)[self.edge] = np.clip(q, layer.qmin, layer.qmax)
+        w *= layer.scale
+        x = self.x[rows]
+        err = self._products(x, w)
+        err += self.bias
+        if self.clamped:
+            lo, hi = layer.clamp
+            passes = (err > lo) & (err < hi)
+            np.clip(err, lo, hi, out=err)
+        err -= self.y[rows]
+        err *= np.float32(2.0 / len(rows))
+        if self.clamped:
+            err *= passes
+        grad = self._weight_grad(err, x)
+        grad *= layer.scale
+        grad.reshape(-1)[self.edge] *= inside
+        if beta is not None:  # d f_reg / dh = -2 beta sign(d) |d| ** (beta - 1), d = 2h - 1 (eq. 24)
+            np.multiply(h, 2.0, out=tmp)
+            tmp -= 1.0
+            np.abs(tmp, out=w)
+            np.power(w, np.float32(beta - 1.0), out=w)
+            np.copysign(w, tmp, out=w)
+            w *= np.float32(-2.0 * beta * reg_weight)
+            grad += w
+        grad *= dh
+        return grad
+
+
 def adaround(layer: Layer, options: AdaRoundOptions, rng: np.random.Generator) -> Learned:
     """Learn the rounding of ``layer``'s weights (module docstring).  ``rng`` draws the minibatches;
     the same layer, options and generator state give the same codes."""
@@ -210,8 +302,10 @@ def adaround(layer: Layer, options: AdaRoundOptions, rng: np.random.Generator) -
     floor = np.floor(ratio).astype(np.float32)
     reg_weight = options.reg_weight * reconstruction_loss(layer, nearest(layer)) / max(layer.weight.size, 1)
     v = initial_v(ratio - floor)
+    trainer = _Trainer(layer, floor)
     m = np.zeros_like(v)
     s = np.zeros_like(v)
+    step_buf = np.empty_like(v)
     b1, b2, eps = 0.9, 0.999, 1e-8  # Adam (Kingma & Ba 2015) defaults
     batch = min(options.batch, layer.rows)
     order = rng.permutation(layer.rows)
@@ -221,13 +315,21 @@ def adaround(layer: Layer, options: AdaRoundOptions, rng: np.random.Generator) -
             order, cursor = rng.permutation(layer.rows), 0
         rows = np.sort(order[cursor:cursor + batch])
         cursor += batch
-        _, grad = objective(layer, v, floor, layer.inputs[:, rows], layer.target[:, rows],
-                            beta_at(step, options), reg_weight)
-        m = b1 * m + (1 - b1) * grad
-        s = b2 * s + (1 - b2) * grad * grad
-        m_hat = m / (1 - b1 ** (step + 1))
-        s_hat = s / (1 - b2 ** (step + 1))
-        v = (v - options.learning_rate * m_hat / (np.sqrt(s_hat) + eps)).astype(np.float32)
+        grad = trainer.gradient(v, rows, beta_at(step, options), reg_weight)
+        # m = b1 m + (1 - b1) g;  s = b2 s + (1 - b2) g^2;  V -= lr m^ / (sqrt(s^) + eps), in place
+        m *= np.float32(b1)
+        np.multiply(grad, np.float32(1 - b1), out=step_buf)
+        m += step_buf
+        s *= np.float32(b2)
+        np.square(grad, out=step_buf)
+        step_buf *= np.float32(1 - b2)
+        s += step_buf
+        np.multiply(s, np.float32(1.0 / (1 - b2 ** (step + 1))), out=step_buf)
+        np.sqrt(step_buf, out=step_buf)
+        step_buf += np.float32(eps)
+        np.divide(m, step_buf, out=step_buf)
+        step_buf *= np.float32(options.learning_rate / (1 - b1 ** (step + 1)))
+        v -= step_buf
     h, _ = soft_rounding(v)
     codes = np.clip(floor + (h >= 0.5), layer.qmin, layer.qmax).astype(np.int32)
     return Learned(codes, h, options.iterations)

@@ -410,7 +410,7 @@ def _rounding_json(r) -> dict:
                         "iterations": x.iterations, "loss_nearest": num(x.loss_nearest),
                         "loss_learned": num(x.loss_learned), "learned": x.learned,
                         "repaired": x.repaired, "bias_shift": num(x.bias_shift),
-                        "seconds": round(x.seconds, 3)} for x in r.layers]}
+                        "weight_range": num(x.weight_range), "seconds": round(x.seconds, 3)} for x in r.layers]}
 
 
 @main.command(short_help="Write the QDQ ONNX model a scale table describes.")

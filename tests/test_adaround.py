@@ -84,3 +84,24 @@ def test_a_layer_that_nearest_already_reconstructs_exactly_keeps_it(rng):
     result = adaround(exact, AdaRoundOptions(iterations=50), np.random.default_rng(0))
     assert reconstruction_loss(exact, nearest(exact)) < 1e-9
     assert reconstruction_loss(exact, result.codes) <= reconstruction_loss(exact, nearest(exact)) + 1e-9
+
+
+@pytest.mark.parametrize("groups, o, relu, edge", [(1, 5, False, False), (1, 5, True, True), (3, 2, True, False),
+                                                   (4, 1, False, True)])
+def test_training_gradient_is_the_objectives(rng, groups, o, relu, edge):
+    """The training loop's in-place gradient (rows laid out [R, G, K], buffers reused) computes
+    what the reference ``objective`` does, on a minibatch, with and without the regularizer."""
+    from calibrators.adaround import _Trainer
+
+    layer = gemm(rng, k=6, o=o, rows=40, relu=relu, groups=groups)
+    # edge: weights beyond the code range, where the clip of floor + h and its mask are active
+    layer = replace(layer, scale=(layer.scale * (0.6 if edge else 1.05)).astype(np.float32))
+    ratio = layer.weight / layer.scale
+    floor = np.floor(ratio).astype(np.float32)
+    assert edge == bool(((floor < layer.qmin) | (floor + 1 > layer.qmax)).any())
+    v = initial_v(ratio - floor) + rng.normal(0, 0.3, ratio.shape).astype(np.float32)
+    rows = np.sort(rng.permutation(40)[:16])
+    trainer = _Trainer(layer, floor)
+    for beta in (None, 4.0):
+        _, expected = objective(layer, v, floor, layer.inputs[:, rows], layer.target[:, rows], beta, 1e-3)
+        assert np.allclose(trainer.gradient(v, rows, beta, 1e-3), expected, rtol=1e-4, atol=1e-6), beta

@@ -42,3 +42,25 @@ def repair(op_type: str, codes: np.ndarray, ratio: np.ndarray, *, group: int = 1
         away[pick] -= 1.0
         moved += len(pick)
     return flat.reshape(codes.shape).astype(codes.dtype), moved
+
+
+def saturate(op_type: str, codes: np.ndarray, *, group: int = 1, trans_b: bool = False) -> tuple[np.ndarray, int]:
+    """``codes`` with every same-sign pair (MLAS's reduction order) brought within ``PAIR_LIMIT``
+    by lowering the larger magnitude of the pair by the excess, and the number of codes changed.
+    For codes of a clipped weight range (``ptqcli.rounding.weight_range``), where a saturated
+    code may exceed the bound by far more than :func:`repair` handles."""
+    slots = reduction_rows(op_type, np.arange(1, codes.size + 1).reshape(codes.shape), group=group, trans_b=trans_b)
+    if slots is None:
+        return codes, 0
+    pairs = slots.reshape(-1, 2)
+    pairs = pairs[(pairs > 0).all(axis=1)] - 1
+    flat = codes.ravel().astype(np.int64)
+    q = flat[pairs]
+    excess = np.abs(q).sum(axis=1) - PAIR_LIMIT
+    over = (np.sign(q[:, 0]) == np.sign(q[:, 1])) & (excess > 0)
+    if not over.any():
+        return codes, 0
+    cand = pairs[over]
+    big = cand[np.arange(len(cand)), np.argmax(np.abs(flat[cand]), axis=1)]  # the first on a tie
+    flat[big] -= np.sign(flat[big]) * excess[over]
+    return flat.reshape(codes.shape).astype(codes.dtype), int(over.sum())

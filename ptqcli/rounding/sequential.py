@@ -13,7 +13,8 @@ they are once quantized, so that a layer can absorb the error its inputs already
    earlier waves in place, ``ptqcli.export.qdq.insert_qdq``) gives each layer's quantized input at
    the same positions, and the exact mean of its input rows; only the nodes no earlier wave ran
    are run (``ptqcli.rounding.incremental``), so all waves together cost about one pass;
-3. each layer of the wave is rounded (``calibrators.adaround`` on the first three quarters of its
+3. with per-tensor weights, each layer's weight range is chosen by its output error on those
+   rows (``ptqcli.rounding.weight_range``); then each layer of the wave is rounded (``calibrators.adaround`` on the first three quarters of its
    rows, judged against nearest rounding on the last quarter, which come from other samples; a
    layer whose learned codes do not lower the held-out loss keeps nearest), its codes kept within
    the x86 pair bound (``ptqcli.rounding.pairs``), and its bias corrected: ``b -= E[W~ x^ + b] -
@@ -39,10 +40,10 @@ from ptqcli import runtime
 from ptqcli.export.qdq import float_copy, insert_qdq
 from ptqcli.graph import Prepared, attr
 from ptqcli.observe.dataset import Feed
-from ptqcli.quantize.qparams import dequantize, quantize, quantize_bias
-from ptqcli.quantize.scale_table import ScaleTable
+from ptqcli.quantize.qparams import bias_floor, bias_params, dequantize, quantize, quantize_bias
+from ptqcli.quantize.scale_table import ScaleTable, TensorEntry
 from ptqcli.quantize.stored import Stored, codes
-from ptqcli.rounding import pairs
+from ptqcli.rounding import pairs, weight_range
 from ptqcli.rounding.incremental import Incremental
 from ptqcli.rounding.layers import LayerView, Unsupported, view
 from ptqcli.rounding.options import RoundingOptions
@@ -56,7 +57,8 @@ class LayerReport:
     """What happened to one layer.  Losses: held-out reconstruction loss of nearest and learned
     codes (None without AdaRound); ``learned``: the learned codes were kept; ``repaired``: codes
     moved back toward zero for the x86 pair bound; ``bias_shift``: largest bias change, in
-    output units (None: not corrected)."""
+    output units (None: not corrected); ``weight_range``: per-tensor weights, the factor the
+    chosen range lies below the max range (1: max kept; None: per-channel weights)."""
 
     anchor: str
     op_type: str
@@ -69,6 +71,7 @@ class LayerReport:
     repaired: int
     bias_shift: float | None
     seconds: float
+    weight_range: float | None = None
 
 
 @dataclass(frozen=True)
@@ -197,8 +200,10 @@ def round_weights(prepared: Prepared, table: ScaleTable, feeds: Sequence[Feed], 
         current = replace(table, stored=stored)
         _quantized_inputs(prepared, current, feeds, [specs[a] for a in members], rows, runner)
         for anchor in members:
-            report, new_codes = _round_layer(prepared, current, specs[anchor], rows[anchor], options, qmax, pair_bound,
-                                             seed=(options.seed, position[anchor]))
+            report, new_codes, entries = _round_layer(prepared, current, specs[anchor], rows[anchor], options, qmax,
+                                                      pair_bound, seed=(options.seed, position[anchor]))
+            if entries:
+                table = replace(table, tensors={**table.tensors, **entries})
             stored = stored.merged(codes=new_codes)
             current = replace(table, stored=stored)
             rows[anchor] = _Rows([], [])  # free the rows
@@ -235,7 +240,10 @@ def _quantized_inputs(prepared: Prepared, table: ScaleTable, feeds: Sequence[Fee
 
 
 def _round_layer(prepared: Prepared, table: ScaleTable, spec: LayerView, r: _Rows, options: RoundingOptions,
-                 qmax: int, pair_bound: bool, *, seed: tuple[int, int]) -> tuple[LayerReport, dict[str, np.ndarray]]:
+                 qmax: int, pair_bound: bool, *, seed: tuple[int, int],
+                 ) -> tuple[LayerReport, dict[str, np.ndarray], dict[str, TensorEntry]]:
+    """One layer: its per-tensor weight range (if so), its codes, its bias; the report, the codes
+    to store and the table entries that changed."""
     t0 = time.perf_counter()
     index = prepared.index
     w = index.array(spec.weight)
@@ -247,10 +255,29 @@ def _round_layer(prepared: Prepared, table: ScaleTable, spec: LayerView, r: _Row
     lo, hi = spec.clamp
     layer = Layer(spec.view(w).astype(np.float32), spec.scale(wp), -qmax, qmax, x, np.clip(y, lo, hi),
                   spec.per_channel(bias), spec.clamp)
+    new: dict[str, np.ndarray] = {}
+    entries: dict[str, TensorEntry] = {}
+    factor = None
+    if wp.axis is None and spec.weight not in (table.stored.codes if table.stored else {}):  # per tensor
+        floor = bias_floor(bias, table.tensors[spec.input].params, False) if spec.bias else 0.0
+        choice = weight_range.choose(spec, layer, floor, pair_bound=pair_bound)
+        factor = choice.factor
+        if factor != 1.0:
+            wp = replace(wp, scale=(choice.scale,))
+            amax = choice.scale * qmax
+            entries[spec.weight] = replace(table.tensors[spec.weight], params=wp, method="output-mse",
+                                           range=(-amax, amax))
+            if spec.bias:
+                old = table.tensors[spec.bias]
+                entries[spec.bias] = replace(old, params=bias_params(table.tensors[spec.input].params, wp,
+                                                                     bias.size, old.params.axis or 0))
+            table = replace(table, tensors={**table.tensors, **entries})
+            layer = replace(layer, scale=spec.scale(wp))
+            nearest = choice.codes
+            new[spec.weight] = nearest
     chosen = nearest
     loss_n = loss_l = None
     learned, repaired, iterations = False, 0, 0
-    new: dict[str, np.ndarray] = {}
     if options.weights == "adaround":
         cut = int(round(layer.rows * (1 - HOLDOUT)))
         train, held = layer.rows_slice(slice(0, cut)), layer.rows_slice(slice(cut, None))
@@ -258,8 +285,12 @@ def _round_layer(prepared: Prepared, table: ScaleTable, spec: LayerView, r: _Row
         iterations = result.iterations
         candidate = spec.unview(result.codes).astype(nearest.dtype)
         if pair_bound:
+            trans_b = bool(attr(spec.node, "transB", 0))
             candidate, repaired = pairs.repair(spec.op_type, candidate, w / _broadcast_scale(spec, wp, w),
-                                               group=spec.groups, trans_b=bool(attr(spec.node, "transB", 0)))
+                                               group=spec.groups, trans_b=trans_b)
+            if factor not in (None, 1.0):  # codes saturated by a clipped range: beyond what repair moves
+                candidate, more = pairs.saturate(spec.op_type, candidate, group=spec.groups, trans_b=trans_b)
+                repaired += more
         loss_n = reconstruction_loss(held, spec.view(nearest).astype(np.int32))
         loss_l = reconstruction_loss(held, spec.view(candidate).astype(np.int32))
         if loss_l < loss_n:
@@ -275,8 +306,8 @@ def _round_layer(prepared: Prepared, table: ScaleTable, spec: LayerView, r: _Row
         new[spec.bias] = quantize_bias(corrected, table.tensors[spec.bias].params)
         shift = float(np.abs(delta).max(initial=0.0))
     report = LayerReport(spec.anchor, spec.op_type, int(w.size), layer.rows, iterations, loss_n, loss_l, learned,
-                         repaired if learned else 0, shift, time.perf_counter() - t0)
-    return report, new
+                         repaired if learned else 0, shift, time.perf_counter() - t0, factor)
+    return report, new, entries
 
 
 def _broadcast_scale(spec: LayerView, p, w: np.ndarray) -> np.ndarray:
