@@ -144,6 +144,14 @@ def test_kl_vectorized_equals_the_candidate_loop(rng, levels):
     assert cuts[0] == levels and cuts[-1] == len(bins)
 
 
+def test_kl_search_from_a_later_first_cut_is_the_tail_of_the_full_search(rng):
+    bins = rng.gamma(0.5, size=1024) * (rng.random(1024) < 0.7)
+    cuts, full = divergences(bins, 128)
+    for first in (128, 129, 300, 383, 384, 1000, 1024):
+        tail_cuts, tail = divergences(bins, 128, first)
+        assert tail_cuts[0] == first and np.allclose(tail, full[cuts >= first], rtol=1e-12, atol=0)
+
+
 def _tensorrt_threshold(bins, levels, bin_width):
     """TensorRT's pick, as its GTC 2017 description and MXNet/ONNX Runtime code make it, one cut
     at a time: P = bins[:i] with the clipped mass in its last bin; Q = ``levels`` groups of
