@@ -46,40 +46,45 @@ def resample(counts: np.ndarray, width: float, absmax: float, n_bins: int) -> np
     return resampled
 
 
-def _smooth(dist: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _smooth(dist: np.ndarray, valid: np.ndarray, nonzeros: np.ndarray) -> np.ndarray:
     """Give zero entries EPS, taken evenly from the non-zero ones (per row, over ``valid``)."""
-    zeros = (dist == 0) & valid
-    nonzeros = (dist != 0) & valid
+    zeros = valid & ~nonzeros
     n_zeros = zeros.sum(axis=1, keepdims=True)
     n_nonzeros = np.maximum(nonzeros.sum(axis=1, keepdims=True), 1)
     return dist + EPS * zeros - (EPS * n_zeros / n_nonzeros) * nonzeros
 
 
-def divergences(bins: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
-    """KL(P || Q) for every cut ``i`` in ``levels .. len(bins)``; returns ``(cuts, kl)``."""
+def divergences(bins: np.ndarray, levels: int, first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """KL(P || Q) for every cut ``i`` in ``first .. len(bins)`` (``first`` defaults to ``levels``,
+    the smallest cut that has a bin per level); returns ``(cuts, kl)``.
+
+    Cuts are evaluated a chunk at a time over ``[chunk, columns]`` arrays, the columns those the
+    chunk's largest cut keeps: a cut ``i`` reads ``bins[:i]`` only, so the work is the sum of the
+    cuts, not candidates x bins (half as much)."""
     n = len(bins)
-    cuts = np.arange(levels, n + 1)
+    cuts = np.arange(max(levels, first or levels), n + 1)
     cum = np.concatenate([[0.0], np.cumsum(bins)])
     nz_cum = np.concatenate([[0], np.cumsum(bins != 0)])
-    j = np.arange(n)
     out = np.empty(len(cuts))
     for c0 in range(0, len(cuts), _CHUNK):
-        i = cuts[c0:c0 + _CHUNK, None]                       # [C, 1] candidate cuts
-        valid = j[None, :] < i                                 # [C, n] bins kept by the cut
-        p = np.where(valid, bins[None, :], 0.0)
-        outliers = cum[-1] - cum[i[:, 0]]
-        p[np.arange(len(i)), i[:, 0] - 1] += outliers
-        merged = i // levels                                   # bins per group
-        group = np.minimum(j[None, :] // merged, levels - 1)   # [C, n] group of each bin
+        i = cuts[c0:c0 + _CHUNK]                               # [C] candidate cuts, ascending
+        j = np.arange(int(i[-1]))                              # the columns any of them keeps
+        valid = j[None, :] < i[:, None]                        # [C, J] bins kept by the cut
+        p = np.where(valid, bins[None, :len(j)], 0.0)
+        outliers = cum[-1] - cum[i]
+        p[np.arange(len(i)), i - 1] += outliers
+        merged = (i // levels)[:, None]                        # bins per group
+        group = np.minimum(j[None, :] // merged, levels - 1)   # [C, J] group of each bin
         start = group * merged
-        stop = np.where(group == levels - 1, i, start + merged)
+        last = group == levels - 1
+        stop = np.where(last, i[:, None], start + merged)
         total = cum[stop] - cum[start]
         nonzero = (nz_cum[stop] - nz_cum[start]).astype(np.float64)
         # The clipped mass can make the last kept bin non-zero in P although it is zero in bins.
-        last_gained = (bins[i[:, 0] - 1] == 0) & (outliers > 0)
-        nonzero += np.where((group == levels - 1) & last_gained[:, None], 1.0, 0.0)
-        q = np.where(valid & (p != 0), total / np.maximum(nonzero, 1.0), 0.0)
-        p_s, q_s = _smooth(p, valid), _smooth(q, valid)
+        nonzero += last & ((bins[i - 1] == 0) & (outliers > 0))[:, None]
+        in_p = valid & (p != 0)
+        q = np.where(in_p, total / np.maximum(nonzero, 1.0), 0.0)
+        p_s, q_s = _smooth(p, valid, in_p), _smooth(q, valid, valid & (q != 0))
         p_s /= p_s.sum(axis=1, keepdims=True)
         q_s /= q_s.sum(axis=1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -94,12 +99,13 @@ def _threshold(counts: np.ndarray, width: float, absmax: float, levels: int) -> 
     # Zero is exact in every candidate quantizer; a spike of zeros (after a ReLU) would otherwise
     # dominate P and Q and pull the threshold down (pytorch-quantization does the same).
     bins[0] = bins[1]
-    cuts, kl = divergences(bins, levels)
     # A cut below most of the mass lumps it all into P's last bin, where Q matches it exactly:
     # KL is zero and the range collapses (data far from zero, e.g. HardSigmoid outputs in
-    # [0.1, 0.34]).  Only cuts that keep MIN_KEPT of the mass are candidates.
-    kept = np.cumsum(bins)[cuts - 1] / bins.sum()
-    kl = np.where(kept >= MIN_KEPT, kl, np.inf)
+    # [0.1, 0.34]).  Only cuts that keep MIN_KEPT of the mass are candidates, and only they are
+    # evaluated (on heavy-tailed tensors that skips about half the work).
+    kept = np.cumsum(bins) / bins.sum()
+    first = int(np.searchsorted(kept, MIN_KEPT, side="left")) + 1  # cut i keeps bins[:i]
+    cuts, kl = divergences(bins, levels, first)
     return float(cuts[int(np.argmin(kl))]) * absmax / N_BINS
 
 

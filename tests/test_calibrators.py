@@ -52,6 +52,48 @@ def test_percentile_matches_numpy_within_one_bin(rng):
         assert abs(r.lo - numpy_q(x, 100 - p)) <= h.width
 
 
+def _outside_as_read(h, lo, hi):
+    """Values of ``h`` below ``lo`` or above ``hi``, reading each bin as spread evenly over its
+    part between the exact extremes (how bench/clipped_mass predicts the clipped mass)."""
+    edges = h.edges()
+    left, right = np.maximum(edges[:-1], h.minimum), np.minimum(edges[1:], h.maximum)
+    span = np.where(right > left, right - left, 1.0)
+    below = np.where(right > left, np.clip((lo - left) / span, 0, 1), left < lo)
+    above = np.where(right > left, np.clip((right - hi) / span, 0, 1), right > hi)
+    return float((h.counts * (below + above)).sum())
+
+
+def _piled_up(rng):
+    """Tensors whose mass is not spread evenly inside the bins the bounds fall in."""
+    x = rng.normal(0, 2, 350_000).astype(np.float32)
+    yield "HardSwish (1/sqrt pile-up at its minimum -0.375)", x * np.clip(x + 3, 0, 6) / 6
+    yield "Relu6 (spike at 6)", np.clip(rng.normal(2, 3, 350_000), 0, 6).astype(np.float32)
+    yield "Clip(-1, 1) (spikes at both bounds)", np.clip(rng.normal(0, 1, 350_000), -1, 1).astype(np.float32)
+    yield "spike inside a bin", np.concatenate([rng.normal(0, 1, 350_000), np.full(60, 3.3001)]).astype(np.float32)
+    for n in (5_000, 8_800, 20_003):  # every value counted: the tail bins hold one value each
+        yield f"dense, {n} values", rng.standard_t(4, n).astype(np.float32)
+
+
+@pytest.mark.parametrize("spec", [SYM, ASYM], ids=["symmetric", "asymmetric"])
+@pytest.mark.parametrize("p", [99.0, 99.9, 99.99])
+def test_percentile_clips_what_the_histogram_says_it_clips(rng, spec, p):
+    # The bounds are bin edges (or the exact extremes): the mass the histogram shows outside the
+    # range is the mass outside it, wherever inside a bin the values lie.  A bound interpolated
+    # into a bin holding a pile-up clipped up to 4x the predicted mass (cls tmp_8, HardSwish).
+    for name, x in _piled_up(rng):
+        h = hist_of(x)
+        r = percentile_range(spec=spec, hist=h)
+        outside = int(((x < r.lo) | (x > r.hi)).sum())
+        at_upper_edge = int((x == r.hi).sum())  # kept, though the histogram files them above hi
+        predicted = _outside_as_read(h, r.lo, r.hi)
+        assert outside <= predicted + 1e-6 <= outside + at_upper_edge + 2e-6, name
+        drop = (1 - p / 100) * x.size + 1e-6  # each tail for asymmetric ranges, both for symmetric
+        if spec.symmetric:
+            assert outside <= drop, name
+        else:
+            assert (x < r.lo).sum() <= drop and (x > r.hi).sum() <= drop, name
+
+
 def test_percentile_100_is_max(rng):
     x = rng.normal(size=1000)
     h = hist_of(x)
@@ -100,6 +142,14 @@ def test_kl_vectorized_equals_the_candidate_loop(rng, levels):
     cuts, kl = divergences(bins, levels)
     assert np.allclose(kl, _kl_reference(bins, levels), rtol=1e-9, atol=1e-12)
     assert cuts[0] == levels and cuts[-1] == len(bins)
+
+
+def test_kl_search_from_a_later_first_cut_is_the_tail_of_the_full_search(rng):
+    bins = rng.gamma(0.5, size=1024) * (rng.random(1024) < 0.7)
+    cuts, full = divergences(bins, 128)
+    for first in (128, 129, 300, 383, 384, 1000, 1024):
+        tail_cuts, tail = divergences(bins, 128, first)
+        assert tail_cuts[0] == first and np.allclose(tail, full[cuts >= first], rtol=1e-12, atol=0)
 
 
 def _tensorrt_threshold(bins, levels, bin_width):
