@@ -142,7 +142,7 @@ def check_not_inputs(outputs: Sequence[tuple[str, PathLike]], inputs: Iterable[t
     for option, out in outputs:
         key = identity(out)
         hit = by_inode.get(key) if key is not None else None
-        if hit is None and (key is None or by_path):  # a path that names no file yet can still be spelled as an input
+        if hit is None:  # an input that names no file yet may be spelled like the output
             hit = by_path.get(os.path.realpath(out))
         if hit is not None:
             role, path = hit

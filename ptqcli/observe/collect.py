@@ -256,7 +256,7 @@ class Every:
         value = float(word[:-1]) if word.endswith("s") else int(word)
         if not (value >= 0 and math.isfinite(value)):
             raise ValueError(text)
-        return cls(seconds=value) if word.endswith("s") else cls(samples=int(value))
+        return cls(seconds=value) if word.endswith("s") else cls(samples=value)
 
     def __bool__(self) -> bool:
         return self.samples > 0 or self.seconds > 0
@@ -271,13 +271,14 @@ class _Saver:
         self.checkpoint, self.every, self.files, self.snapshot = checkpoint, every, files, snapshot
         self.since, self.last = 0, time.monotonic()
 
-    def due(self, files: int, samples: int) -> bool:
+    def due(self, files: int, samples: int, stopping: bool = False) -> bool:
+        """Count a batch; whether to save now (always when ``stopping``, if there is a checkpoint)."""
         self.files += files
         self.since += samples
-        if self.checkpoint is None or not self.every:
+        if self.checkpoint is None:
             return False
         now = time.monotonic()
-        if not (0 < self.every.samples <= self.since or 0 < self.every.seconds <= now - self.last):
+        if not (stopping or 0 < self.every.samples <= self.since or 0 < self.every.seconds <= now - self.last):
             return False
         self.since, self.last = 0, now
         return True
@@ -319,9 +320,8 @@ def run(session, probes: Sequence[Probe], batches: Iterable[Batch], stream: Stre
             samples += batch.count
             if progress is not None:
                 progress(batch.count)
-        due = saver is not None and saver.due(len(whole.files), whole.count)
         stop = stops.due()
-        if due or (stop is not None and saver is not None and saver.checkpoint is not None):
+        if saver is not None and saver.due(len(whole.files), whole.count, stopping=stop is not None):
             flush()
             saver.save()
         if stop is not None:  # a signal held for this point: the checkpoint holds every sample run
