@@ -177,6 +177,8 @@ def test_auto_search_beats_every_single_method_when_rescored_independently(tmp_p
     best = max(METHODS, key=measured.get)
     assert measured["auto"] >= measured[best], measured
     assert abs(measured["auto"] - auto["output_sqnr_db"]["chosen"]) < 0.1, (measured, auto)
+    for method in METHODS:  # each candidate was scored as itself, biases included
+        assert abs(measured[method] - auto["output_sqnr_db"][method]) < 0.1, (method, measured, auto)
     assert abs(measured[auto["best_method"]] - measured[best]) < 0.2, (measured, auto)
     again = api.calibrate(cnn_model, data=calib_dir, output=tmp_path / "again.json",
                           options=CalibrationOptions(method="auto"))

@@ -164,6 +164,18 @@ def _group_range(rep: str, hist: histogram.Histogram, dtype: str, scales: ScaleG
     return r, method, False
 
 
+@dataclass(frozen=True)
+class GroupRange:
+    """One scale group's chosen range: the ``method`` that chose it, ``checked`` ("widened",
+    "recounted" or None: see ``calibrators.guard``) and the extremes of the group's merged
+    histogram (the observed extremes of a member that has no histogram of its own)."""
+
+    range: Range
+    method: str
+    checked: str | None
+    extremes: tuple[float, float]
+
+
 def build_table(prepared: Prepared, obs: Observations, options: CalibrationOptions, *,
                 progress: Callable[[int], None] | None = None) -> ScaleTable:
     """The scale table for ``prepared`` from its observations (``auto``: see ``ptqcli.quantize.autosearch``).
@@ -172,12 +184,20 @@ def build_table(prepared: Prepared, obs: Observations, options: CalibrationOptio
     if options.method == "auto":
         raise OptionError(Option("method", "auto"),
                           " needs model runs: use ptqcli.quantize.autosearch.search (or api.calibrate)")
+    d = decide(prepared, options)
+    return assemble(prepared, obs, options, d, group_ranges(prepared, obs, options, d, progress=progress))
+
+
+def group_ranges(prepared: Prepared, obs: Observations, options: CalibrationOptions, d: Decisions, *,
+                 progress: Callable[[int], None] | None = None) -> dict[str, GroupRange]:
+    """Each scale group's range (root -> ``GroupRange``), in the plan's order: the costly half of
+    a table (the range methods); ``assemble`` makes the rest from it.  ``progress(1)`` per group."""
+    options.validate()
     if obs.fingerprint != prepared.fingerprint:
         raise ObservationError(f"the observations were made on another model (fingerprint "
                                f"{obs.fingerprint[:19]}..., {prepared.source.name} has {prepared.fingerprint[:19]}...)")
     index = prepared.index
-    d = decide(prepared, options)
-    tensors: dict[str, TensorEntry] = {}
+    ranges: dict[str, GroupRange] = {}
     for rep, sources in d.scales.sources.items():
         missing = [t for t in sources if t not in obs.histograms]
         if missing:
@@ -188,18 +208,35 @@ def build_table(prepared: Prepared, obs: Observations, options: CalibrationOptio
             hist = histogram.merge(hist, obs.histograms[t])
         for c in d.scales.consts.get(rep, ()):
             hist = histogram.update(hist, index.array(c).astype(np.float32))
-        dtype = "int16" if rep in d.int16_roots else ("int8" if options.symmetric else "uint8")
-        r, method, widened = _group_range(rep, hist, dtype, d.scales, options, all(obs.dense(t) for t in sources))
-        params = activation_params(r, dtype)
+        r, method, widened = _group_range(rep, hist, _dtype(rep, d, options), d.scales, options,
+                                          all(obs.dense(t) for t in sources))
         checked = "widened" if widened else "recounted" if obs.recounted.intersection(sources) else None
-        for t in d.scales.members(rep):
-            own = obs.histograms.get(t, hist)
-            tensors[t] = TensorEntry("activation", params, method, (r.lo, r.hi), (own.minimum, own.maximum), rep,
-                                     checked)
-        for c in d.scales.consts.get(rep, ()):
-            tensors[c] = TensorEntry("constant", params, "max", (r.lo, r.hi), _extremes(index.array(c)), rep)
+        ranges[rep] = GroupRange(r, method, checked, (hist.minimum, hist.maximum))
         if progress is not None:
             progress(1)
+    return ranges
+
+
+def _dtype(rep: str, d: Decisions, options: CalibrationOptions) -> str:
+    return "int16" if rep in d.int16_roots else ("int8" if options.symmetric else "uint8")
+
+
+def assemble(prepared: Prepared, obs: Observations, options: CalibrationOptions, d: Decisions,
+             ranges: dict[str, GroupRange]) -> ScaleTable:
+    """The scale table whose activation groups have ``ranges`` (from ``group_ranges``, possibly
+    mixed from several methods' calls) and whose weights, biases and constants follow from them
+    and ``options``."""
+    index = prepared.index
+    tensors: dict[str, TensorEntry] = {}
+    for rep, gr in ranges.items():
+        params = activation_params(gr.range, _dtype(rep, d, options))
+        for t in d.scales.members(rep):
+            own = obs.histograms.get(t)
+            extremes = (own.minimum, own.maximum) if own is not None else gr.extremes
+            tensors[t] = TensorEntry("activation", params, gr.method, (gr.range.lo, gr.range.hi), extremes, rep,
+                                     gr.checked)
+        for c in d.scales.consts.get(rep, ()):
+            tensors[c] = TensorEntry("constant", params, "max", (gr.range.lo, gr.range.hi), _extremes(index.array(c)), rep)
     groups: dict[str, GroupEntry] = {}
     for g in d.structure.groups:
         if g.anchor not in d.precision:
