@@ -21,11 +21,9 @@ import typing as _typing
 from contextlib import nullcontext as _nullcontext
 
 from ptqcli import files as _files
-from ptqcli import stops as _stops
 from ptqcli.analysis.evaluate import Evaluation
 from ptqcli.analysis.metrics import Agreement
 from ptqcli.analysis.sensitivity import Sensitivity
-from ptqcli.choices import CHECKPOINT_EVERY as _CHECKPOINT_EVERY
 from ptqcli.choices import ON_BAD_SAMPLE as _ON_BAD_SAMPLE
 from ptqcli.errors import Interrupted as _Interrupted
 from ptqcli.errors import ObservationError as _ObservationError
@@ -33,6 +31,7 @@ from ptqcli.errors import Option as _Option
 from ptqcli.errors import OptionError as _OptionError
 from ptqcli.errors import PtqError
 from ptqcli.observe.dataset import ImageSpec
+from ptqcli.observe.run_pass import PassOptions
 from ptqcli.pipeline.config import RunConfig
 from ptqcli.pipeline.run import RunResult
 from ptqcli.quantize.decide import CalibrationOptions
@@ -50,7 +49,6 @@ PathLike = _typing.Union[str, _os.PathLike]
 _log = _logging.getLogger("ptq")
 
 if _typing.TYPE_CHECKING:
-    from ptqcli.observe.collect import Every as _Every
     from ptqcli.rounding.equalize import Equalized
     from ptqcli.rounding.sequential import RoundingReport
 
@@ -127,103 +125,6 @@ def checkpoint_path_for(table_path: PathLike) -> _pathlib.Path:
     return table_path.with_name(table_path.name.removesuffix(".json") + ".obs.ckpt.npz")
 
 
-@_dataclasses.dataclass(frozen=True)
-class PassOptions:
-    """How the observation pass runs.
-
-    ``checkpoint_every``: when the pass saves its state: ``N`` (an int, or a string of digits)
-    samples, or ``"Ts"`` seconds, after the last checkpoint (0: never); ``resume``: continue from
-    the checkpoint an interrupted run left (none there: start from the first sample); ``workers``:
-    shard the samples over that many local Dask worker processes, or over the workers of the Dask
-    ``scheduler`` at that address (needs ``pip install ptq[dask]``; no checkpoints)."""
-
-    checkpoint_every: int | str = _CHECKPOINT_EVERY
-    resume: bool = False
-    workers: int | None = None
-    scheduler: str | None = None
-
-    def validate(self) -> None:
-        self.every()
-        if self.workers is not None and self.workers < 1:
-            raise _OptionError(_Option("workers"), f" must be at least 1, got {self.workers}")
-        if self.workers is not None and self.scheduler is not None:
-            raise _OptionError(_Option("workers"), " starts a local cluster; ", _Option("scheduler"),
-                               " uses a running one: give one of them")
-        if self.resume and self.distributed:
-            raise _OptionError(_Option("resume"), " continues a single-process pass; a distributed pass (",
-                               _Option("workers" if self.workers is not None else "scheduler"),
-                               ") keeps no checkpoint")
-
-    def every(self) -> "_Every":
-        """``checkpoint_every`` read."""
-        from ptqcli.observe.collect import Every
-
-        try:
-            return Every.parse(self.checkpoint_every)
-        except ValueError:
-            raise _OptionError(_Option("checkpoint_every", str(self.checkpoint_every)),
-                               ": give a count of samples (256), seconds (30s) or 0 (never)") from None
-
-    @property
-    def distributed(self) -> bool:
-        return self.workers is not None or self.scheduler is not None
-
-
-def _observe(prepared, tensors, samples, data_options: DataOptions, pass_options: PassOptions, subsample: int,
-             ckpt_path: _pathlib.Path, update: _typing.Callable[[int], None], on_bad=None):
-    """The observation pass over ``samples``: checkpointed every ``pass_options.checkpoint_every``
-    samples and resumed from ``ckpt_path``, or sharded over Dask workers."""
-    from ptqcli.observe import checkpoint, collect
-    from ptqcli.observe.dataset import batches
-
-    budget = collect.BATCH_BYTES if data_options.batch_size is None else None
-
-    def feed(start: int = 0):
-        return batches(samples, prepared.inputs, batch_size=data_options.batch_size, image=data_options.image,
-                       start=start, on_bad=on_bad)
-
-    if pass_options.distributed:
-        from ptqcli.observe import distributed
-
-        return distributed.observe(prepared, tensors, samples, image=data_options.image,
-                                   batch_size=data_options.batch_size, subsample=subsample, budget=budget,
-                                   workers=pass_options.workers, scheduler=pass_options.scheduler, progress=update)
-    key = checkpoint.Key.of(prepared.fingerprint, samples, {
-        "tensors": list(tensors), "subsample": subsample, "batch_size": data_options.batch_size,
-        "image": _dataclasses.asdict(data_options.image), "budget": budget})
-    state = None
-    if pass_options.resume:
-        if ckpt_path.exists():
-            state = checkpoint.load(ckpt_path, key)
-            _log.warning(f"resuming from {ckpt_path}: {state.samples} samples observed")
-        else:
-            _log.warning(f"no checkpoint {ckpt_path} to resume from; starting from the first sample")
-    saved: list[int] = []
-
-    def save(s: collect.PassState) -> None:
-        checkpoint.save(s, key, ckpt_path)
-        saved.append(s.samples)
-
-    every = pass_options.every()
-    try:
-        with _stops.deferred():  # Ctrl-C stops after a batch, with a checkpoint of every sample run
-            if state is None:
-                return collect.observe(prepared, tensors, feed(), subsample=subsample, progress=update,
-                                       budget=budget, again=feed, checkpoint=save if every else None, every=every)
-            update(state.files if not state.recount else len(samples))
-            return collect.observe(prepared, tensors, feed(len(samples) if state.recount else state.files),
-                                   subsample=subsample, progress=update, budget=budget, again=feed, resume=state,
-                                   first=next(feed(), None), checkpoint=save if every else None, every=every)
-    except KeyboardInterrupt as exc:
-        if saved or state is not None:  # the file, not saved[-1]: a signal can land between the rename and the append
-            done = checkpoint.load(ckpt_path, key).samples if ckpt_path.exists() else None
-        else:
-            done = None
-        if done is not None:
-            raise _Interrupted(getattr(exc, "signum", _signal.SIGINT), checkpoint=str(ckpt_path), done=done) from None
-        raise
-
-
 def _no_progress(total: int) -> _typing.ContextManager[_typing.Callable[[int], None]]:
     return _nullcontext(lambda n: None)
 
@@ -290,8 +191,9 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
     from ptqcli.graph import prepare, subgraph_note
     from ptqcli.observe import collect
     from ptqcli.observe import observations as obs_io
-    from ptqcli.observe.dataset import batches, image_note, list_samples, read_sample
+    from ptqcli.observe.dataset import image_note, list_samples, read_sample
     from ptqcli.observe.derive import derive
+    from ptqcli.observe.run_pass import run_pass
     from ptqcli.quantize import autosearch, scale_table
     from ptqcli.quantize.decide import build_table, decide
     from ptqcli.quantize.scale_groups import observation_plan
@@ -390,8 +292,10 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
                         skip(path, exc)
                         update(1)
 
-                obs = _observe(prepared, tensors, samples, data_options, pass_options,
-                               collect.SUBSAMPLE if subsample is None else subsample, ckpt_path, update,
+                obs = run_pass(prepared, tensors, samples, batch_size=data_options.batch_size,
+                               image=data_options.image, pass_options=pass_options,
+                               subsample=collect.SUBSAMPLE if subsample is None else subsample,
+                               ckpt_path=ckpt_path, update=update,
                                on_bad=skip_counted if on_bad_sample == "skip" else None)
             obs = derive(prepared, obs, derived)
             seconds_observe = _time.perf_counter() - t0
@@ -415,8 +319,12 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
                 with range_progress(groups) as update:
                     table = build_table(prepared, obs, options, progress=update)
             if equalized is not None:
+                from ptqcli.rounding import equalize
+
                 table = equalize.restore(table, user, equalized)
             if synthetic is not None and rounding.bias_correction:
+                from ptqcli.rounding import datafree
+
                 table, _ = datafree.correct_biases(prepared, table, synthetic)
             report = None
             if rounding.needs_model_runs:

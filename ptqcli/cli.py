@@ -1,8 +1,7 @@
 """The ``ptq`` command: a thin layer over ``ptqcli.api``.
 
-Exit codes: 0 success, 1 failure (bad model, data, table; an output that cannot be written),
-2 bad usage, 130 interrupted by SIGINT (Ctrl-C), 143 stopped by SIGTERM.  Errors are one line on
-stderr; set ``PTQ_DEBUG=1`` to see the traceback of an unexpected error.
+Exit codes and error messages: ``ptqcli.cli_exits``; the option types and flags the commands
+share: ``ptqcli.cli_options``.
 
 The library is imported inside the commands, so that ``ptq --help``, ``--version`` and usage
 errors do not wait for onnx and ONNX Runtime to load.
@@ -10,250 +9,21 @@ errors do not wait for onnx and ONNX Runtime to load.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
-import logging
-import math
-import os
 import pathlib
-import signal
-import sys
-import threading
-import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import click
 
 import calibrators
 from ptqcli import __version__
 from ptqcli.choices import CHECKPOINT_EVERY, ON_BAD_SAMPLE, REQUANT, SIM_CPUS, WEIGHTS
-from ptqcli.errors import Interrupted, OptionError, PtqError
+from ptqcli.cli_exits import Failure, reported
+from ptqcli.cli_options import Pair, data_flags, data_options, emit_json, lo_hi, stage_progress
 from ptqcli.rounding.options import RoundingOptions
 from ptqcli.targets import Target
 
 if TYPE_CHECKING:
     from ptqcli import api
-
-#: How the CLI spells an option that an error names by its Python keyword (the rest: ``--name``).
-FLAGS = {"output": "-o", "per_channel": "--per-tensor-weights", "sensitive_int16": "--all-int8",
-         "fixed_ranges": "--fixed-range"}
-
-
-def _flag(name: str) -> str:
-    return FLAGS.get(name, "--" + name.replace("_", "-"))
-
-
-class _Failure(click.ClickException):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _interrupted(exc: KeyboardInterrupt) -> _Failure:
-    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
-    text = f"interrupted by {signal.Signals(signum).name}"
-    if isinstance(exc, Interrupted) and exc.observations:
-        text += (f"; the observations in {exc.observations} are complete: rerun with --observations "
-                 f"{exc.observations} to skip the pass")
-    elif isinstance(exc, Interrupted) and exc.checkpoint:
-        text += (f"; the checkpoint {exc.checkpoint} holds {exc.done} samples: rerun with --resume to "
-                 f"continue from it")
-    return _Failure(text, 128 + int(signum))
-
-
-@contextlib.contextmanager
-def _signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise ``Interrupted`` in the main thread, so that temporary files and
-    locks are cleaned up on the way out (inside ``stops.deferred`` the first one waits for a safe
-    point); the previous handlers come back afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    watched = (signal.SIGINT, signal.SIGTERM)
-
-    def stop(signum: int, frame: Any) -> None:
-        for s in watched:  # a second signal must not cut the cleanup short
-            signal.signal(s, signal.SIG_IGN)
-        raise Interrupted(signum)
-
-    def first(signum: int, frame: Any) -> None:
-        from ptqcli import stops
-
-        if not stops.hold(signum):  # else the work stops at its next safe point; a second signal at once
-            stop(signum, frame)
-        for s in watched:
-            signal.signal(s, stop)
-
-    previous = {s: signal.getsignal(s) for s in watched}
-    for s in watched:
-        signal.signal(s, first)
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-
-
-class _Notes(logging.Handler):
-    """The library's notes (logger ``ptq``), one line each on stderr."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"note: {record.getMessage()}", err=True)
-
-
-@contextlib.contextmanager
-def _notes(show: bool) -> Iterator[None]:
-    logger = logging.getLogger("ptq")
-    handler: logging.Handler = _Notes() if show else logging.NullHandler()
-    propagate = logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-
-
-def _reported(fn: Callable) -> Callable:
-    """Turn PtqError (and anything unexpected) into a one-line message and an exit code; turn
-    SIGINT and SIGTERM into exit codes 130 and 143; show the library's notes unless ``-q``."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            with _signals(), _notes(not kwargs.get("quiet")):
-                return fn(*args, **kwargs)
-        except OptionError as exc:
-            raise _Failure(exc.spelled(_flag), exc.exit_code) from None
-        except PtqError as exc:
-            raise _Failure(str(exc), exc.exit_code) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except KeyboardInterrupt as exc:
-            raise _interrupted(exc) from None
-        except Exception as exc:
-            if os.environ.get("PTQ_DEBUG"):
-                raise
-            raise _Failure(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                           f"(set PTQ_DEBUG=1 for the traceback)", 1) from None
-    return wrapper
-
-
-class _Pair(click.ParamType):
-    """NAME=VALUE, where VALUE is parsed by ``parse``."""
-
-    def __init__(self, name: str, metavar: str, parse: Callable[[str], Any]) -> None:
-        self.name, self._metavar, self._parse = name, metavar, parse
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return self._metavar
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, tuple):
-            return value
-        name, sep, rest = str(value).rpartition("=")
-        if not sep or not name:
-            self.fail(f"{value!r} is not of the form {self._metavar}", param, ctx)
-        try:
-            return name, self._parse(rest)
-        except ValueError as exc:
-            self.fail(f"{value!r}: {exc}", param, ctx)
-
-
-def _lo_hi(text: str) -> tuple[float, float]:
-    lo, sep, hi = text.partition(":")
-    if not sep:
-        raise ValueError("expected LO:HI")
-    values = float(lo), float(hi)
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError("LO and HI must be finite numbers")
-    return values
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.replace(",", " ").split())
-
-
-class _FloatList(click.ParamType):
-    name = "floats"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, tuple):
-            return value
-        try:
-            values = _floats(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
-        if not values:
-            self.fail("expected at least one number", param, ctx)
-        return values
-
-
-class _Size(click.ParamType):
-    name = "HxW"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, tuple):
-            return value
-        parts = str(value).lower().replace("x", ",").split(",")
-        try:
-            h, w = (int(p) for p in parts)
-        except ValueError:
-            self.fail(f"{value!r} is not HEIGHTxWIDTH", param, ctx)
-        if h <= 0 or w <= 0:
-            self.fail(f"{value!r}: sizes must be positive", param, ctx)
-        return h, w
-
-
-def _data_options(fn: Callable) -> Callable:
-    options = [
-        click.option("--batch-size", type=click.IntRange(min=1), default=None,
-                     help="Samples per ONNX Runtime run (samples of equal shape are stacked) "
-                          "[default: about 256 Ki input values per run, at most 16 samples]."),
-        click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N samples only."),
-        click.option("--size", type=_Size(), default=None, help="Images: resize to HEIGHTxWIDTH."),
-        click.option("--mean", type=_FloatList(), default="0", show_default=True,
-                     help="Images: per-channel mean subtracted from pixels scaled to [0, 1]."),
-        click.option("--std", type=_FloatList(), default="1", show_default=True,
-                     help="Images: per-channel divisor after the mean."),
-        click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), default="NCHW", show_default=True,
-                     help="Images: tensor layout."),
-        click.option("--bgr", is_flag=True, help="Images: channel order BGR instead of RGB."),
-        click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr."),
-        click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def _data(batch_size: int, limit: int | None, size, mean, std, layout: str, bgr: bool) -> api.DataOptions:
-    from ptqcli import api
-
-    return api.DataOptions(batch_size, limit, api.ImageSpec(size, tuple(mean), tuple(std), layout, bgr))
-
-
-def _progress(label: str, quiet: bool, unit: str = "samples") -> api.ProgressFactory:
-    """A bar with ETA on a terminal; otherwise a line when the stage starts and one when it ends."""
-    @contextlib.contextmanager
-    def factory(total: int):
-        if quiet:
-            yield lambda n: None
-        elif sys.stderr.isatty():
-            with click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True,
-                                   show_pos=True, item_show_func=None) as bar:
-                yield bar.update
-        else:
-            start = time.perf_counter()
-            click.echo(f"{label}: {total} {unit}...", err=True)
-            yield lambda n: None
-            click.echo(f"{label}: done in {time.perf_counter() - start:.1f} s", err=True)
-    return factory
-
-
-def _emit_json(payload: dict) -> None:
-    click.echo(json.dumps(payload, sort_keys=True, indent=1, allow_nan=False))
 
 
 class _InOrder(click.Group):
@@ -289,7 +59,7 @@ def main() -> None:
 @click.option("--method", type=click.Choice([*calibrators.METHODS, "auto"]), default="mse",
               show_default=True, help="Range method for activations; auto picks per scale group by the "
                                       "output SQNR on up to 64 calibration samples spread over the folder.")
-@click.option("--method-for", "method_for", multiple=True, type=_Pair("NAME=METHOD", "NAME=METHOD", str),
+@click.option("--method-for", "method_for", multiple=True, type=Pair("NAME=METHOD", "NAME=METHOD", str),
               help="Range method for one tensor (repeatable).")
 @click.option("--percentile", type=float, default=99.99, show_default=True,
               help="Mass kept by the percentile method, in percent.")
@@ -299,7 +69,7 @@ def main() -> None:
 @click.option("--all-int8", is_flag=True,
               help="Also compute Softmax and LayerNormalization in 8 bits (default: 16 bits on their inputs and outputs).")
 @click.option("--exclude", multiple=True, metavar="NAME|OPTYPE", help="Node name or operator type kept in float (repeatable).")
-@click.option("--fixed-range", "fixed_range", multiple=True, type=_Pair("NAME=LO:HI", "NAME=LO:HI", _lo_hi),
+@click.option("--fixed-range", "fixed_range", multiple=True, type=Pair("NAME=LO:HI", "NAME=LO:HI", lo_hi),
               help="Fixed range for a tensor with physical meaning (repeatable).")
 @click.option("--cpu", type=click.Choice([t.value for t in Target]), default=Target.ANY.value, show_default=True,
               help="Deployment CPU. 'any' and 'x86-avx2' raise the scale of weight channels whose codes could "
@@ -335,8 +105,8 @@ def main() -> None:
               help="Shard the samples over N local Dask worker processes (pip install ptq[dask]).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Shard the samples over the workers of a running Dask scheduler (pip install ptq[dask]).")
-@_data_options
-@_reported
+@data_flags
+@reported
 def calibrate(model, data, output, observations, method, method_for, percentile, symmetric, per_tensor_weights,
               int16, all_int8, exclude, fixed_range, cpu, on_bad_sample, weight_rounding, bias_correction,
               weight_bits, equalize, data_free, adaround_iters, adaround_samples, checkpoint_every, resume, workers,
@@ -354,13 +124,13 @@ def calibrate(model, data, output, observations, method, method_for, percentile,
         fixed_ranges=tuple((n, lo, hi) for n, (lo, hi) in fixed_range), cpu=cpu, weight_bits=int(weight_bits),
         rounding=rounding)
     silent = quiet or as_json
-    ranges = _progress("searching (auto)", silent, unit="steps") if method == "auto" else \
-        _progress("choosing ranges", silent, unit="scale groups")
+    ranges = stage_progress("searching (auto)", silent, unit="steps") if method == "auto" else \
+        stage_progress("choosing ranges", silent, unit="scale groups")
     result = api.calibrate(model, data=data, output=output, observations=observations, options=options,
-                           data_options=_data(batch_size, limit, size, mean, std, layout, bgr),
-                           on_bad_sample=on_bad_sample, progress=_progress("observing", silent),
+                           data_options=data_options(batch_size, limit, size, mean, std, layout, bgr),
+                           on_bad_sample=on_bad_sample, progress=stage_progress("observing", silent),
                            range_progress=ranges,
-                           rounding_progress=_progress("rounding weights", silent, unit="weights"),
+                           rounding_progress=stage_progress("rounding weights", silent, unit="weights"),
                            pass_options=api.PassOptions(checkpoint_every, resume, workers, scheduler))
     table = result.table
     roles: dict[str, int] = {}
@@ -370,7 +140,7 @@ def calibrate(model, data, output, observations, method, method_for, percentile,
     for node in table.nodes.values():
         precisions[node.precision] = precisions.get(node.precision, 0) + 1
     if as_json:
-        _emit_json({"table": str(result.table_path), "observations": str(result.observations_path),
+        emit_json({"table": str(result.table_path), "observations": str(result.observations_path),
                     "samples": table.samples, "method": method, "tensors": roles, "nodes": precisions,
                     "groups": len(table.groups), "observed_tensors": result.observed_tensors,
                     "skipped_samples": skipped_json(result.skipped),
@@ -420,7 +190,7 @@ def _rounding_json(r) -> dict:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=pathlib.Path),
               help="QDQ ONNX model to write (a model over 2 GiB keeps its weights in OUTPUT.data beside it).")
 @click.option("-q", "--quiet", is_flag=True, help="No summary on stderr.")
-@_reported
+@reported
 def export(model, table_path, output, quiet) -> None:
     """Write MODEL as a QDQ ONNX model quantized with --table."""
     from ptqcli import api
@@ -440,8 +210,8 @@ def export(model, table_path, output, quiet) -> None:
               help="Run the quantized model with ONNX Runtime's graph optimizations off: the reference "
                    "arithmetic (DequantizeLinear, float operator, QuantizeLinear) instead of this CPU's fused "
                    "int8 kernels.")
-@_data_options
-@_reported
+@data_flags
+@reported
 def evaluate(float_model, quantized_model, data, labels, reference, batch_size, limit, size, mean, std, layout, bgr,
              quiet, as_json) -> None:
     """Compare QUANTIZED_MODEL with FLOAT_MODEL on --data: SQNR, cosine, top-1 agreement, accuracy."""
@@ -449,11 +219,11 @@ def evaluate(float_model, quantized_model, data, labels, reference, batch_size, 
     from ptqcli.analysis.report import EvaluationReport
 
     evaluation = api.evaluate(float_model, quantized_model, data, labels=labels, reference=reference,
-                              data_options=_data(batch_size, limit, size, mean, std, layout, bgr),
-                              progress=_progress("evaluating", quiet or as_json))
+                              data_options=data_options(batch_size, limit, size, mean, std, layout, bgr),
+                              progress=stage_progress("evaluating", quiet or as_json))
     report = EvaluationReport(str(float_model), str(quantized_model), evaluation)
     if as_json:
-        _emit_json(report.as_json())
+        emit_json(report.as_json())
     else:
         click.echo(report.as_text())
 
@@ -473,20 +243,20 @@ def evaluate(float_model, quantized_model, data, labels, reference, batch_size, 
               help="Accumulation: 'exact' int32 (x86 with VNNI, ARM, integer accelerators); 'x86-avx2' adds "
                    "uint8 x int8 products in saturating int16 pairs as ONNX Runtime does on x86 CPUs without "
                    "VNNI; 'native' is whichever of the two this machine's ONNX Runtime uses.")
-@_data_options
-@_reported
+@data_flags
+@reported
 def simulate(model, table_path, data, labels, per_layer, requant, cpu, batch_size, limit, size, mean, std, layout,
              bgr, quiet, as_json) -> None:
     """Run MODEL quantized with --table in the NumPy integer simulator on --data; compare it with
     float and with ONNX Runtime running the exported QDQ model."""
     from ptqcli.sim.report import simulation_report
 
-    options = _data(batch_size, limit, size, mean, std, layout, bgr)
+    options = data_options(batch_size, limit, size, mean, std, layout, bgr)
     report = simulation_report(model, table_path, data, labels=labels, batch_size=options.batch_size,
                                limit=options.limit, image=options.image, per_layer=per_layer, requant=requant,
-                               cpu=cpu, progress=_progress("simulating", quiet or as_json))
+                               cpu=cpu, progress=stage_progress("simulating", quiet or as_json))
     if as_json:
-        _emit_json(report.as_json())
+        emit_json(report.as_json())
     else:
         click.echo(report.as_text())
 
@@ -498,19 +268,19 @@ def simulate(model, table_path, data, labels, per_layer, requant, cpu, batch_siz
 @click.option("--data", required=True, type=click.Path(path_type=pathlib.Path), help="Folder of samples.")
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
               help="Print the N most sensitive quantization points.")
-@_data_options
-@_reported
+@data_flags
+@reported
 def sensitivity(model, table_path, data, top, batch_size, limit, size, mean, std, layout, bgr, quiet, as_json) -> None:
     """Quantize one scale group (or one weight) of MODEL at a time and report the SQNR and cosine
     of the outputs against float: the most sensitive points first."""
     from ptqcli import api
     from ptqcli.analysis.metrics import finite_or_none
 
-    result = api.sensitivity(model, table_path, data, _data(batch_size, limit or 16, size, mean, std, layout, bgr),
-                             _progress("analysing", quiet or as_json, unit="quantization points"))
+    result = api.sensitivity(model, table_path, data, data_options(batch_size, limit or 16, size, mean, std, layout, bgr),
+                             stage_progress("analysing", quiet or as_json, unit="quantization points"))
     everything = result.all_quantized
     if as_json:
-        _emit_json({"arithmetic": result.arithmetic,
+        emit_json({"arithmetic": result.arithmetic,
                     "all_quantized": {"sqnr_db": finite_or_none(everything.sqnr_db), "cosine": everything.cosine},
                     "points": [{"tensor": s.tensor, "role": s.role, "sqnr_db": finite_or_none(s.sqnr_db),
                                 "cosine": s.cosine} for s in result.points]})
@@ -532,7 +302,7 @@ _RUN_PROGRESS = {"observe": ("observing", "samples"), "ranges": ("choosing range
               help="Print the resolved configuration (absolute paths, every default) as TOML and stop.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress or summary on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON summary on stdout as well.")
-@_reported
+@reported
 def run(config, print_config, quiet, as_json) -> None:
     """Calibrate, export, simulate (optional) and evaluate as CONFIG says, check its gate, and
     write a JSON summary and a JUnit XML report.
@@ -552,14 +322,14 @@ def run(config, print_config, quiet, as_json) -> None:
 
     def progress(stage: str) -> api.ProgressFactory:
         label, unit = _RUN_PROGRESS[stage]
-        return _progress(label, silent, unit=unit)
+        return stage_progress(label, silent, unit=unit)
 
     result = api.run(config, progress=progress)
     if as_json:
-        _emit_json(summary_json(result))
+        emit_json(summary_json(result))
     if not quiet:
         click.echo(as_text(result), err=True)
         click.echo(f"wrote {result.outputs['summary']} and {result.outputs['junit']}", err=True)
     if result.status == "failed":
         failed = "; ".join(c.text for c in result.checks if not c.passed)
-        raise _Failure(f"gate failed: {failed}", 3)
+        raise Failure(f"gate failed: {failed}", 3)

@@ -91,7 +91,7 @@ def test_conv(tmp_path, rng, groups, dil, pads, strides, k, cin, cout, relu, xp)
 
 def test_depthwise_blocks_give_the_whole_tensor_result(tmp_path, rng, monkeypatch):
     """The depthwise accumulation in blocks of channels equals one pass over the tensor."""
-    from ptqcli.sim import compute
+    from ptqcli.sim import conv
 
     c = 6
     w = rng.normal(0, 0.3, (c, 1, 3, 3)).astype(f32)
@@ -103,7 +103,7 @@ def test_depthwise_blocks_give_the_whole_tensor_result(tmp_path, rng, monkeypatc
     t = table(p, {"x": xq, "y": fit(float_run(m, {"x": x})[0]), **weight_table(p, "w", 0, xq)},
               {"dw": group("compute", ["dw"], ["x"], ["y"], "w")}, roles={"w": "weight"})
     whole = simulate(p, t, {"x": x}).tensors["y"].codes
-    monkeypatch.setattr(compute, "DEPTHWISE_BLOCK", 100)  # blocks of 1 channel, one sample each
+    monkeypatch.setattr(conv, "DEPTHWISE_BLOCK", 100)  # blocks of 1 channel, one sample each
     np.testing.assert_array_equal(simulate(p, t, {"x": x}).tensors["y"].codes, whole)
 
 

@@ -7,14 +7,14 @@ operator; a node that only moves codes by ``MOVES`` (a data-movement function) o
 
 from __future__ import annotations
 
-from ptqcli.sim import compute, elementwise, movement, normalize, pool, resize
+from ptqcli.sim import conv, elementwise, matmul, movement, normalize, pool, resize
 
 #: compute groups by anchor operator: builder(ctx, group) -> kernel
 COMPUTE = {
-    "Conv": compute.conv,
-    "ConvTranspose": compute.conv_transpose,
-    "Gemm": compute.matmul,
-    "MatMul": compute.matmul,
+    "Conv": conv.conv,
+    "ConvTranspose": conv.conv_transpose,
+    "Gemm": matmul.matmul,
+    "MatMul": matmul.matmul,
 }
 
 #: binary groups by anchor operator
