@@ -36,7 +36,7 @@ from ptqcli.graph import Prepared
 from ptqcli.graph.sign import nonnegative
 from ptqcli.observe.dataset import Batch
 from ptqcli.observe.observations import Observations
-from ptqcli.observe.probes import Plan, Probe, lean_model
+from ptqcli.observe.probes import Plan, Probe, lean_model, run_bytes
 
 #: Default cap on histogram values per sample and tensor.
 SUBSAMPLE = 1 << 12
@@ -349,7 +349,8 @@ def _main(prepared: Prepared, plan: dict[str, Plan], first: Batch | None, batche
             head, rest = _split(first)
             samples = run(session, probes, [head], stream, hists, progress)
             first = rest
-        footprint = 4 * sum(p.row if p.row is not None else stream.seen[t] for t, p in plan.items())
+        footprint = run_bytes(probes, {t: p.row if p.row is not None else stream.seen[t] for t, p in plan.items()},
+                              {t: k or 1 for t, k in stream.stride.items()})
         chunk = 0 if budget is None else max(1, budget // max(footprint, 1))
         batches = itertools.chain([first] if first is not None else [], batches)
     else:
@@ -380,10 +381,11 @@ class _Counted:
 
 
 def _recount(prepared: Prepared, state: PassState, again: Callable[[int], Iterable[Batch]],
-             checkpoint: Checkpoint | None, every: Every, subsample: int) -> dict[str, histogram.Histogram]:
+             checkpoint: Checkpoint | None, every: Every, subsample: int, budget: int | None) -> dict[str, histogram.Histogram]:
     """The second stage: every value of ``state.recount`` counted again, from ``state``."""
     dense = {t: Plan(row, 1, not nonnegative(prepared.index, t)) for t, row in state.recount}
     model, probes = lean_model(prepared, dense)
+    chunk = None if budget is None else max(1, budget // max(run_bytes(probes, dict(state.recount), {}), 1))
     stream = Stream(dense, subsample, state.seen)
     fresh = dict(state.fresh)
 
@@ -391,8 +393,7 @@ def _recount(prepared: Prepared, state: PassState, again: Callable[[int], Iterab
         return dataclasses.replace(state, files=files, seen=dict(stream.seen), fresh=dict(fresh))
 
     saver = _Saver(checkpoint, every, state.files, snapshot)
-    run(runtime.session(model), probes, again(state.files), stream, fresh, None, chunk=state.chunk or None,
-         saver=saver)
+    run(runtime.session(model), probes, again(state.files), stream, fresh, None, chunk=chunk, saver=saver)
     return fresh
 
 
@@ -440,7 +441,7 @@ def observe(prepared: Prepared, tensors: Sequence[str], batches: Iterable[Batch]
         if checkpoint is not None:
             checkpoint(state)
     assert again is not None
-    fresh = _recount(prepared, state, again, checkpoint, every, subsample)
+    fresh = _recount(prepared, state, again, checkpoint, every, subsample, budget)
     recounted = [t for t, _ in state.recount]
     return Observations(prepared.fingerprint, state.samples, subsample, {**state.histograms, **fresh},
                         {**state.strides, **dict.fromkeys(recounted, 1)}, frozenset(recounted))

@@ -46,7 +46,7 @@ from ptqcli.graph.sign import nonnegative
 from ptqcli.observe import collect
 from ptqcli.observe.dataset import ImageSpec, batch_limit, batch_starts, batches, sample_shapes
 from ptqcli.observe.observations import Observations
-from ptqcli.observe.probes import Plan, Probe, lean_model
+from ptqcli.observe.probes import Plan, Probe, lean_model, run_bytes
 
 #: Shards per worker: more than one, so that a fast worker takes over the shards of a slow (or
 #: dead) one; few, since each shard makes an ONNX Runtime session.
@@ -238,15 +238,16 @@ def observe(prepared: Prepared, tensors: Sequence[str], files: Sequence[pathlib.
         first, limit = folder.first, folder.limit
         plan = {t: Plan(first[t], collect.stride_for(first[t], subsample), not nonnegative(prepared.index, t))
                 for t in tensors}
-        chunk = 0 if budget is None else max(1, budget // max(4 * sum(first.values()), 1))
         model, probes = lean_model(prepared, plan)
+        strides = {t: p.stride for t, p in plan.items()}
+        chunk = 0 if budget is None else max(1, budget // max(run_bytes(probes, first, strides), 1))
         job = Job(model, tuple(probes), plan, tuple(prepared.inputs), image, limit, chunk, subsample, per_host)
         hists, samples = _gather(c, job, parts, progress)
-        strides = {t: p.stride for t, p in plan.items()}
         flagged = [t for t in tensors if strides[t] > 1 and any(guard.uncounted(hists[t]))]
         if flagged:
             dense = {t: Plan(first[t], 1, plan[t].lower) for t in flagged}
             model, probes = lean_model(prepared, dense)
+            chunk = 0 if budget is None else max(1, budget // max(run_bytes(probes, first, {}), 1))
             again = Job(model, tuple(probes), dense, job.inputs, image, limit, chunk, subsample, per_host)
             fresh, _ = _gather(c, again, [Shard(s.files, dict.fromkeys(flagged, 0), s.samples) for s in parts], None)
             hists.update(fresh)

@@ -52,6 +52,17 @@ class Plan:
     lower: bool
 
 
+def run_bytes(probes: Sequence[Probe], rows: dict[str, int], strides: dict[str, int]) -> int:
+    """Bytes one sample holds at the peak of a run: what leaves the runtime (an exposed tensor's
+    ``rows`` values, a reduced one's strided slice: stride 1 where ``strides`` has none), which
+    the outputs hold at once, plus the largest observed tensor twice (an operator's input and
+    output, alive inside the runtime together).  A reduced tensor's own memory is reused inside
+    the runtime as the graph goes on, so counting every observed tensor whole (as this once
+    did) cut a small model's runs to a few samples each for memory it never holds."""
+    out = sum(rows[p.tensor] if p.exposed else -(-rows[p.tensor] // max(strides.get(p.tensor) or 1, 1)) for p in probes)
+    return 4 * (out + 2 * max(rows.values(), default=0))
+
+
 def exposing(prepared: Prepared, tensors: Sequence[str]) -> onnx.ModelProto:
     """The prepared model with ``tensors`` as its only outputs."""
     model = onnx.ModelProto()
