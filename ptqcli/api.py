@@ -12,10 +12,8 @@ from __future__ import annotations
 # Standard-library and implementation modules are imported under private names (or inside the
 # functions), so that the module's namespace is its API (``__all__``).
 import dataclasses as _dataclasses
-import logging as _logging
 import os as _os
 import pathlib as _pathlib
-import signal as _signal
 import time as _time
 import typing as _typing
 from contextlib import nullcontext as _nullcontext
@@ -24,14 +22,13 @@ from ptqcli import files as _files
 from ptqcli.analysis.evaluate import Evaluation
 from ptqcli.analysis.metrics import Agreement
 from ptqcli.analysis.sensitivity import Sensitivity
-from ptqcli.choices import ON_BAD_SAMPLE as _ON_BAD_SAMPLE
-from ptqcli.errors import Interrupted as _Interrupted
-from ptqcli.errors import ObservationError as _ObservationError
 from ptqcli.errors import Option as _Option
 from ptqcli.errors import OptionError as _OptionError
 from ptqcli.errors import PtqError
 from ptqcli.observe.dataset import ImageSpec
 from ptqcli.observe.run_pass import PassOptions
+from ptqcli.pipeline import calibrate as _stages
+from ptqcli.pipeline.calibrate import SkippedSample
 from ptqcli.pipeline.config import RunConfig
 from ptqcli.pipeline.run import RunResult
 from ptqcli.quantize.decide import CalibrationOptions
@@ -45,8 +42,6 @@ __all__ = ["Agreement", "CalibrateResult", "CalibrationOptions", "DataOptions", 
            "sensitivity", "sensitivity_arithmetic", "simulate"]
 
 PathLike = _typing.Union[str, _os.PathLike]
-
-_log = _logging.getLogger("ptq")
 
 if _typing.TYPE_CHECKING:
     from ptqcli.rounding.equalize import Equalized
@@ -70,14 +65,6 @@ class DataOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise _OptionError(_Option(name), f" must be at least 1, got {value!r}")
-
-
-@_dataclasses.dataclass(frozen=True)
-class SkippedSample:
-    """A calibration sample left out by ``on_bad_sample="skip"``, and why."""
-
-    file: _pathlib.Path
-    reason: str
 
 
 @_dataclasses.dataclass(frozen=True)
@@ -129,37 +116,6 @@ def _no_progress(total: int) -> _typing.ContextManager[_typing.Callable[[int], N
     return _nullcontext(lambda n: None)
 
 
-def _calibration_options(options: CalibrationOptions | _typing.Mapping[str, _typing.Any]) -> CalibrationOptions:
-    """``options`` as a ``CalibrationOptions``; a mapping is read as the JSON form a table records
-    (``method_for`` and ``fixed_ranges`` as mappings, lists for tuples)."""
-    if isinstance(options, CalibrationOptions):
-        return options
-    if not isinstance(options, _typing.Mapping):
-        raise _OptionError(_Option("options"), f" must be a CalibrationOptions or a mapping of its fields, "
-                                             f"not {type(options).__name__}")
-    known = [f.name for f in _dataclasses.fields(CalibrationOptions)]
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise _OptionError(_Option("options"), f": unknown field {unknown[0]!r}; known: {', '.join(known)}")
-    values = dict(options)
-    if isinstance(values.get("method_for"), _typing.Mapping):
-        values["method_for"] = tuple(sorted(values["method_for"].items()))
-    if isinstance(values.get("fixed_ranges"), _typing.Mapping):
-        values["fixed_ranges"] = tuple((k, float(lo), float(hi))
-                                       for k, (lo, hi) in sorted(values["fixed_ranges"].items()))
-    if isinstance(values.get("rounding"), _typing.Mapping):
-        from ptqcli.rounding.options import RoundingOptions
-
-        values["rounding"] = RoundingOptions(**values["rounding"])
-    for name in ("int16", "exclude"):
-        if isinstance(values.get(name), str):
-            values[name] = (values[name],)
-    for name in ("method_for", "fixed_ranges", "int16", "exclude"):
-        if name in values:
-            values[name] = tuple(tuple(v) if isinstance(v, list) else v for v in values[name])
-    return CalibrationOptions(**values)
-
-
 def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike | None = None,
               observations: PathLike | None = None,
               options: CalibrationOptions | _typing.Mapping[str, _typing.Any] = CalibrationOptions(),
@@ -187,165 +143,44 @@ def calibrate(model: PathLike, *, data: PathLike | None = None, output: PathLike
     instead of ``data``; ``weights="adaround"`` and ``bias_correction`` then learn codes and
     shift biases on ``data`` (``rounding_progress`` counts weights).  Learned codes and
     equalized values go to a sidecar beside the table (``ptqcli.quantize.stored``)."""
-    from ptqcli.errors import DataError
-    from ptqcli.graph import prepare, subgraph_note
-    from ptqcli.observe import collect
-    from ptqcli.observe import observations as obs_io
-    from ptqcli.observe.dataset import image_note, list_samples, read_sample
-    from ptqcli.observe.derive import derive
-    from ptqcli.observe.run_pass import run_pass
-    from ptqcli.quantize import autosearch, scale_table
-    from ptqcli.quantize.decide import build_table, decide
-    from ptqcli.quantize.scale_groups import observation_plan
-    from ptqcli.quantize.stored import sidecar_path
-    from ptqcli.targets import Target
+    from ptqcli.observe.dataset import list_samples
+    from ptqcli.quantize import scale_table
 
     start = _time.perf_counter()
-    options = _calibration_options(options)
+    options = _stages.calibration_options(options)
     options.validate()
-    if on_bad_sample not in _ON_BAD_SAMPLE:
-        raise _OptionError(_Option("on_bad_sample", str(on_bad_sample)), f": known: {', '.join(_ON_BAD_SAMPLE)}")
-    auto = options.method == "auto"
-    rounding = options.rounding
-    if rounding.data_free and (data is not None or observations is not None):
-        raise _OptionError(_Option("data_free"), " observes synthetic tensors from the BatchNorm statistics: give "
-                          "neither ", _Option("data"), " nor ", _Option("observations"))
-    if data is None and observations is None and not rounding.data_free:
-        raise _OptionError("give ", _Option("data"), " (a folder of samples) or ", _Option("observations"),
-                          " (the file an earlier run saved), or ", _Option("data_free"))
-    if data is not None and observations is not None and not (auto or rounding.needs_model_runs):
-        raise _OptionError(_Option("data"), " and ", _Option("observations"), " were both given: the observations "
-                          "replace the pass over the samples; only ", _Option("method", "auto"),
-                          " (to score its candidates), ", _Option("weights", "adaround"), " and ",
-                          _Option("bias_correction"), " also read samples")
-    if rounding.needs_model_runs and data is None:
-        raise _OptionError(_Option("weights", rounding.weights) if rounding.weights == "adaround" else
-                          _Option("bias_correction"), " learns from calibration samples: give ", _Option("data"),
-                          " too")
-    if auto and data is None:
-        raise _OptionError(_Option("method", "auto"), " scores candidate tables on calibration samples: give ",
-                          _Option("data"), " too")
+    _stages.check_sources(options, data=data, observations=observations, on_bad_sample=on_bad_sample)
     table_path = _pathlib.Path(output) if output is not None else default_table_path(model)
-    obs_path = observations_path_for(table_path) if observations is None else _pathlib.Path(observations)
+    paths = _stages.Paths(table=table_path, observations=observations_path_for(table_path) if observations is None
+                          else _pathlib.Path(observations), checkpoint=checkpoint_path_for(table_path),
+                          given=observations)
     samples = list_samples(data, limit=data_options.limit) if data is not None else []
-    pass_options.validate()
-    if on_bad_sample == "skip":
-        if pass_options.resume or pass_options.distributed:
-            raise _OptionError(_Option("on_bad_sample", "skip"), " runs in one process from the first sample: drop ",
-                               _Option("resume" if pass_options.resume else
-                                       "workers" if pass_options.workers is not None else "scheduler"))
-        pass_options = _dataclasses.replace(pass_options, checkpoint_every=0)
-    ckpt_path = checkpoint_path_for(table_path)
-    outputs = [("output", table_path), ("output", sidecar_path(table_path))] + \
-        ([("output", obs_path), ("output", ckpt_path)] if observations is None else [])
-    inputs = [("model", model)] + ([("observations file", observations)] if observations is not None else []) + \
-        [("data sample", f) for f in samples]
-    with _files.claimed(outputs, inputs):
-        prepared = user = prepare(model)
-        decisions = decide(prepared, options)  # option errors surface before the model runs
-        nested = subgraph_note(prepared.model)
-        if nested:
-            _log.warning(f"{_pathlib.Path(model).name}: {nested}; they stay float")
-        image_note(samples, prepared.inputs, data_options.image)
-        equalized = synthetic = None
-        if rounding.equalize:  # every later step sees the equalized model
-            from ptqcli.rounding import equalize
-
-            prepared, equalized = equalize.equalized_model(prepared)
-        seconds_observe = 0.0
-        skipped: list[SkippedSample] = []
-
-        def skip(path: _pathlib.Path, exc: DataError) -> None:
-            skipped.append(SkippedSample(path, str(exc).removeprefix(f"{path}: ")))
-            _log.warning(f"skipped bad sample {exc}")
-
-        if rounding.data_free:
-            from ptqcli.rounding import datafree  # SciPy's special functions: 0.4 s to import
-
-            stats = datafree.statistics(model)
-            if equalized is not None:
-                stats = datafree.rescaled(stats, equalized.scales)
-            synthetic = datafree.synthetic_model(prepared, stats, options.fixed_ranges, data_options.image.size,
-                                                 rounding.seed)
-            tensors, derived = observation_plan(prepared.index, decisions.structure)
-            t0 = _time.perf_counter()
-            obs = derive(prepared, collect.observe(synthetic.prepared, tensors, synthetic.batches(),
-                                                   subsample=collect.SUBSAMPLE if subsample is None else subsample),
-                         derived)
-            seconds_observe = _time.perf_counter() - t0
+    pass_options = _stages.pass_options_for(pass_options, on_bad_sample)
+    with _files.claimed(paths.outputs(), paths.inputs(model, samples)):
+        prepared = _stages.prepare(model, options, samples, data_options)
+        if options.rounding.data_free:
+            observed = _stages.observe_synthetic(model, prepared, options, data_options=data_options,
+                                                 subsample=subsample)
         elif observations is not None:
-            if (auto or rounding.needs_model_runs) and on_bad_sample == "skip":  # no pass sorted them out
-                for path in samples:
-                    try:
-                        read_sample(path, prepared.inputs, data_options.image)
-                    except DataError as exc:
-                        skip(path, exc)
-            obs = obs_io.load(observations)
-            if obs.fingerprint != prepared.fingerprint:
-                raise _ObservationError(f"{obs_path}: the observations were made on another model")
+            observed = _stages.load_observations(prepared, paths, samples, options, data_options=data_options,
+                                                 skip=on_bad_sample == "skip")
         else:
-            tensors, derived = observation_plan(prepared.index, decisions.structure)
-            t0 = _time.perf_counter()
-            with progress(len(samples)) as update:
-                def skip_counted(path: _pathlib.Path, exc: DataError) -> None:
-                    if path not in {s.file for s in skipped}:  # the guard's second reading meets it again
-                        skip(path, exc)
-                        update(1)
-
-                obs = run_pass(prepared, tensors, samples, batch_size=data_options.batch_size,
-                               image=data_options.image, pass_options=pass_options,
-                               subsample=collect.SUBSAMPLE if subsample is None else subsample,
-                               ckpt_path=ckpt_path, update=update,
-                               on_bad=skip_counted if on_bad_sample == "skip" else None)
-            obs = derive(prepared, obs, derived)
-            seconds_observe = _time.perf_counter() - t0
-        if skipped and len(skipped) == len(samples):  # nothing left to observe or to score
-            raise DataError(f"{data}: every sample failed its checks ({len(skipped)} skipped; the first: "
-                            f"{skipped[0].file.name}: {skipped[0].reason})")
-        previous = _files.identity(obs_path)
-        try:
+            observed = _stages.observe_samples(prepared, paths, samples, data_options=data_options,
+                                               pass_options=pass_options, subsample=subsample,
+                                               skip=on_bad_sample == "skip", progress=progress)
+        _stages.check_samples_left(observed, samples, data)
+        with _stages.keeping_observations(paths):
             if observations is None:
-                obs_io.save(obs, obs_path)  # now: a search interrupted later can resume from it
-                ckpt_path.unlink(missing_ok=True)  # the observations replace it
-            groups = len(decisions.scales.sources)
-            bad = {s.file for s in skipped}
-            good = [f for f in samples if f not in bad]
-            if auto:
-                feeds = autosearch.search_feeds(good, prepared.inputs, batch_size=data_options.batch_size,
-                                                image=data_options.image)
-                with range_progress(autosearch.steps(groups, feeds)) as update:
-                    table = autosearch.search(prepared, obs, options, feeds, progress=update).table
-            else:
-                with range_progress(groups) as update:
-                    table = build_table(prepared, obs, options, progress=update)
-            if equalized is not None:
-                from ptqcli.rounding import equalize
-
-                table = equalize.restore(table, user, equalized)
-            if synthetic is not None and rounding.bias_correction:
-                from ptqcli.rounding import datafree
-
-                table, _ = datafree.correct_biases(prepared, table, synthetic)
-            report = None
-            if rounding.needs_model_runs:
-                from ptqcli.rounding import sequential
-
-                feeds = sequential.feeds(good, prepared.inputs, rounding, batch_size=data_options.batch_size,
-                                         image=data_options.image)
-                weights = sum(prepared.index.array(g.weight).size for g in table.groups.values() if g.weight)
-                with rounding_progress(weights) as update:
-                    table, report = sequential.round_weights(
-                        prepared, table, feeds, rounding, qmax=options.weight_qmax,
-                        pair_bound=Target(options.cpu).pairs_saturate and options.weight_bits == 8,
-                        progress=update)
-            scale_table.write(table, table_path)
-        except KeyboardInterrupt as exc:
-            # the file is ours and complete once the rename has replaced whatever was there
-            if observations is None and _files.identity(obs_path) not in (None, previous):
-                raise _Interrupted(getattr(exc, "signum", _signal.SIGINT), str(obs_path)) from None
-            raise
-    return CalibrateResult(table, table_path, obs_path, len(obs.histograms), seconds_observe,
-                           _time.perf_counter() - start, tuple(skipped), report, equalized)
+                _stages.save_observations(observed, paths)
+            kept = observed.kept(samples)
+            table = _stages.build_table(prepared, observed, options, kept, data_options=data_options,
+                                        progress=range_progress)
+            table, report = _stages.round_weights(prepared, table, options, kept, data_options=data_options,
+                                                  progress=rounding_progress)
+            scale_table.write(table, paths.table)
+    return CalibrateResult(table, paths.table, paths.observations, len(observed.observations.histograms),
+                           observed.seconds, _time.perf_counter() - start, observed.skipped, report,
+                           prepared.equalized)
 
 
 def export(model: PathLike, table: PathLike, output: PathLike) -> _pathlib.Path:
