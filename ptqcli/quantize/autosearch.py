@@ -33,7 +33,7 @@ import onnx
 from onnx import helper
 
 from ptqcli import runtime
-from ptqcli.analysis.metrics import Agreement
+from ptqcli.analysis.metrics import Agreement, noise_energy
 from ptqcli.export.qdq import float_copy, insert_qdq
 from ptqcli.graph import Prepared
 from ptqcli.observe.dataset import Feed
@@ -111,6 +111,7 @@ class Evaluator:
         reference = runtime.session(prepared.model)
         self._feeds = list(feeds)
         self._reference = [reference.run(self._outputs, f) for f in self._feeds]
+        self._signal = sum(Agreement().add(r, r).signal for ref in self._reference for r in ref)
 
     def params_of(self, table: ScaleTable) -> dict[str, QuantParams]:
         return {r: table.tensors[r].params for r in self.roots}
@@ -129,11 +130,11 @@ class Evaluator:
             flags[z] = np.array(p.zero_point[0], dtype=NUMPY[p.dtype])
         for name in self._operands:
             flags[name] = self._operand(table, self._index, name)
-        total = Agreement()
+        noise = 0.0  # the reference's energy is the same for every table: only the noise is summed
         for feed, ref in zip(self._feeds, self._reference):
             for r, g in zip(ref, self._session.run(self._outputs, {**feed, **flags})):
-                total = total.add(r, g)
-        return total.sqnr_db
+                noise += noise_energy(r, g)
+        return Agreement(signal=self._signal, noise=noise).sqnr_db
 
 
 def _budget(feeds: Sequence[Feed]) -> int:
@@ -157,10 +158,12 @@ def search(prepared: Prepared, obs: Observations, options: CalibrationOptions, f
     ranges = {m: group_ranges(prepared, obs, replace(options, method=m), decisions, progress=update)
               for m in CANDIDATES}
 
+    weights: dict = {}  # each weight's entries once per input scale, however many tables are assembled
+
     def table(best: str, chosen: dict[str, str]) -> ScaleTable:
         mix = {r: ranges[chosen.get(r, best)][r] for r in ranges[best]}
         return assemble(prepared, obs, replace(options, method=best, method_for=options.method_for + tuple(
-            sorted(chosen.items()))), decisions, mix)
+            sorted(chosen.items()))), decisions, mix, cache=weights)
 
     tables = {m: table(m, {}) for m in CANDIDATES}
     evaluator = Evaluator(prepared, [tables[m] for m in CANDIDATES], feeds)

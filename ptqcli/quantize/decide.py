@@ -222,10 +222,12 @@ def _dtype(rep: str, d: Decisions, options: CalibrationOptions) -> str:
 
 
 def assemble(prepared: Prepared, obs: Observations, options: CalibrationOptions, d: Decisions,
-             ranges: dict[str, GroupRange]) -> ScaleTable:
+             ranges: dict[str, GroupRange], *, cache: dict | None = None) -> ScaleTable:
     """The scale table whose activation groups have ``ranges`` (from ``group_ranges``, possibly
     mixed from several methods' calls) and whose weights, biases and constants follow from them
-    and ``options``."""
+    and ``options``.  ``cache`` (a dict kept between calls with the same ``options`` but for the
+    method) keeps each weight's and bias's entries by the input parameters they depend on: a
+    search assembling many mixes then computes each weight's scales once per input scale."""
     index = prepared.index
     tensors: dict[str, TensorEntry] = {}
     for rep, gr in ranges.items():
@@ -241,7 +243,7 @@ def assemble(prepared: Prepared, obs: Observations, options: CalibrationOptions,
     for g in d.structure.groups:
         if g.anchor not in d.precision:
             continue
-        _weights(prepared, g, tensors, options)
+        _weights(prepared, g, tensors, options, {} if cache is None else cache)
         groups[g.anchor] = GroupEntry(g.kind, g.nodes, g.inputs, g.outputs, d.precision[g.anchor],
                                       g.weight, g.bias, g.consts)
     nodes = {}
@@ -262,32 +264,39 @@ def _extremes(a: np.ndarray) -> tuple[float, float]:
     return (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
 
 
-def _weights(prepared: Prepared, g: Group, tensors: dict[str, TensorEntry], options: CalibrationOptions) -> None:
-    """Table entries for a group's weight, bias and constant operands."""
+def _weights(prepared: Prepared, g: Group, tensors: dict[str, TensorEntry], options: CalibrationOptions,
+             cache: dict) -> None:
+    """Table entries for a group's weight, bias and constant operands (``cache``: see ``assemble``)."""
     index = prepared.index
     if g.weight is not None:
-        w = index.array(g.weight)
-        axis = g.weight_axis if options.per_channel else None
-        floor = 0.0
-        if g.bias is not None:
-            floor = bias_floor(index.array(g.bias), tensors[g.inputs[0]].params, axis is not None)
-        wp = weight_params(w, axis, min_scale=floor, bits=options.weight_bits)
-        method = "max"
-        if Target(options.cpu).pairs_saturate and options.weight_bits == 8:
-            wp, raised = _pair_safe(index.node_by_name[g.anchor], w, wp)
-            method = "max-pairs" if raised else method
-        amax = float(np.abs(w).max()) if w.size else 0.0
-        tensors[g.weight] = TensorEntry("weight", wp, method, (-amax, amax), _extremes(w))
-        if g.bias is not None:
-            b = index.array(g.bias)
-            bp = bias_params(tensors[g.inputs[0]].params, wp, b.size, b.ndim - 1)
-            tensors[g.bias] = TensorEntry("bias", bp, None, None, _extremes(b))
+        x = tensors[g.inputs[0]].params if g.bias is not None else None  # what the entries depend on
+        if (g.anchor, x) not in cache:
+            cache[g.anchor, x] = _weight_entries(index, g, x, options)
+        tensors.update(cache[g.anchor, x])
     for c in g.consts:
         if c not in tensors:
             value = index.array(c)
             p = weight_params(value, None) if index.is_float(c) else None
             if p is not None:
                 tensors[c] = TensorEntry("constant", p, "max", (-p.scale[0] * 127, p.scale[0] * 127), _extremes(value))
+
+
+def _weight_entries(index, g: Group, x: QuantParams | None, options: CalibrationOptions) -> dict[str, TensorEntry]:
+    """A group's weight and bias entries, its input's parameters being ``x`` (None: no bias)."""
+    w = index.array(g.weight)
+    axis = g.weight_axis if options.per_channel else None
+    floor = 0.0 if g.bias is None else bias_floor(index.array(g.bias), x, axis is not None)
+    wp = weight_params(w, axis, min_scale=floor, bits=options.weight_bits)
+    method = "max"
+    if Target(options.cpu).pairs_saturate and options.weight_bits == 8:
+        wp, raised = _pair_safe(index.node_by_name[g.anchor], w, wp)
+        method = "max-pairs" if raised else method
+    amax = float(np.abs(w).max()) if w.size else 0.0
+    out = {g.weight: TensorEntry("weight", wp, method, (-amax, amax), _extremes(w))}
+    if g.bias is not None:
+        b = index.array(g.bias)
+        out[g.bias] = TensorEntry("bias", bias_params(x, wp, b.size, b.ndim - 1), None, None, _extremes(b))
+    return out
 
 
 def _pair_safe(node, w: np.ndarray, wp: QuantParams) -> tuple[QuantParams, bool]:
