@@ -37,6 +37,9 @@ def _metric_rows(name: str, m: dict) -> list[str]:
     rows = [f"| {name} | {m['metric']} | {_num(m['float'])} | "
             + " | ".join(_cell(v.get(c), "metric", 3) for c, _ in COLUMNS) + " |",
             f"| {name} | SQNR dB | – | " + " | ".join(_cell(v.get(c), "sqnr_db", 1) for c, _ in COLUMNS) + " |"]
+    if any((x or {}).get("logits_sqnr_db") is not None for x in v.values()):
+        rows.append(f"| {name} | logits SQNR dB | – | "
+                    + " | ".join(_cell(v.get(c), "logits_sqnr_db", 1) for c, _ in COLUMNS) + " |")
     return rows
 
 
@@ -84,9 +87,12 @@ def targets(results: dict) -> list[str]:
         n8, a8, b8 = metric("w8-nearest"), metric("w8-adaround"), metric("w8-adaround-bc")
         if None not in (n8, a8):
             s = [(v.get(c) or {}).get("sqnr_db") for c in ("w8-nearest", "w8-adaround", "w8-adaround-bc")]
+            lg = [(v.get(c) or {}).get("logits_sqnr_db") for c in ("w8-nearest", "w8-adaround", "w8-adaround-bc")]
+            logits = (f", logits SQNR {_num(lg[0], 1)} -> {_num(lg[1], 1)} (+BC {_num(lg[2], 1)}) dB"
+                      if None not in lg[:2] else "")
             lines.append(f"- {name} W8A8: AdaRound {_num(_points(a8 - n8), 2)} pt "
                          f"(+BC {_num(_points(b8 - n8) if b8 is not None else None, 2)} pt), SQNR "
-                         f"{_num(s[0], 1)} -> {_num(s[1], 1)} (+BC {_num(s[2], 1)}) dB: "
+                         f"{_num(s[0], 1)} -> {_num(s[1], 1)} (+BC {_num(s[2], 1)}) dB{logits}: "
                          f"{'never worse: met' if a8 >= n8 else 'worse than nearest: NOT met'}")
         pc, pt, cle, cbc = metric("w8-nearest"), metric("pt-nearest"), metric("pt-cle"), metric("pt-cle-bc")
         if None not in (pc, pt, cle):
@@ -103,12 +109,26 @@ def targets(results: dict) -> list[str]:
     return lines
 
 
-def _run_line(run: dict) -> str:
+def _run_line(run: dict, cells: list[str] | None = None) -> str:
+    """One run's command and setting; ``cells``: the model/variant cells of the tables it gave (None:
+    a single run, every cell is its; empty: every variant it ran was replaced by a later run)."""
     env, config = run["environment"], run["config"]
     seconds = f"{run['seconds'] / 60:.0f} min" if "seconds" in run else "stopped part-way"
+    gave = "" if cells is None else ("; gives: " + ", ".join(cells) if cells else
+                                     "; every cell replaced by a later run")
     return (f"`{run['command']}` ({seconds}; ptq {env['ptq']}, onnxruntime {env['onnxruntime']}, numpy "
             f"{env['numpy']}, {env['cpus']} CPUs; {config['samples']} calibration samples, {config['iters']} "
-            f"AdaRound iterations per layer, OPENBLAS_NUM_THREADS={config.get('openblas_threads')})")
+            f"AdaRound iterations per layer, OPENBLAS_NUM_THREADS={config.get('openblas_threads')}{gave})")
+
+
+def _cells(results: dict, run: int) -> list[str]:
+    """The cells run ``run`` of a joined document gave: ``model variant, variant`` per model."""
+    out = []
+    for name, m in results["models"].items():
+        mine = [c for c, v in m["variants"].items() if v.get("run") == run]
+        if mine:
+            out.append(f"{name} {' '.join(mine)}")
+    return out
 
 
 def joined(documents: list[dict]) -> dict:
@@ -131,9 +151,15 @@ def joined(documents: list[dict]) -> dict:
 
 
 def markdown(results: dict) -> str:
-    runs = results.get("runs") or [results]
-    head = ["# Weight rounding benchmark", ""] + [f"- {_run_line(r)}" for r in runs] + ["",
+    runs = results.get("runs")
+    lines = [_run_line(r, _cells(results, i)) for i, r in enumerate(runs)] if runs else [_run_line(results)]
+    head = ["# Weight rounding benchmark", ""] + [f"- {line}" for line in lines] + ["",
             "## Task metric and output SQNR", "",
+            "SQNR: of the model's first output against float over the evaluation folder; for a classifier "
+            "that ends in a softmax (cls, magika) that is probabilities, whose error a handful of samples near "
+            "the decision boundary make (cls W8 AdaRound at 22434bc: five of the 400 evaluation samples made "
+            "97 % of it), so it moves by a dB when one of them does. logits SQNR: of the task's logits "
+            "tensor (bench/common.py), the same samples.", "",
             "| model | row | float | " + " | ".join(h for _, h in COLUMNS) + " |",
             "|" + "---|" * (3 + len(COLUMNS))]
     for name, m in results["models"].items():

@@ -177,7 +177,7 @@ def _rounding_json(r) -> dict:
     return {"passes": r.passes, "samples": r.samples, "seconds": round(r.seconds, 3),
             "skipped": [{"layer": a, "reason": why} for a, why in r.skipped],
             "layers": [{"layer": x.anchor, "op_type": x.op_type, "weights": x.weights, "rows": x.rows,
-                        "iterations": x.iterations, "loss_nearest": num(x.loss_nearest),
+                        "iterations": x.iterations, "learnings": x.learnings, "loss_nearest": num(x.loss_nearest),
                         "loss_learned": num(x.loss_learned), "learned": x.learned,
                         "repaired": x.repaired, "bias_shift": num(x.bias_shift),
                         "weight_range": num(x.weight_range), "seconds": round(x.seconds, 3)} for x in r.layers]}

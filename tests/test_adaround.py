@@ -105,3 +105,71 @@ def test_training_gradient_is_the_objectives(rng, groups, o, relu, edge):
     for beta in (None, 4.0):
         _, expected = objective(layer, v, floor, layer.inputs[:, rows], layer.target[:, rows], beta, 1e-3)
         assert np.allclose(trainer.gradient(v, rows, beta, 1e-3), expected, rtol=1e-4, atol=1e-6), beta
+
+
+def noisy_gemm(rng, *, k, o, rows, noise, bits=8):
+    """A Gemm whose quantized-model inputs ``x^`` are the float ones plus noise (the error of the
+    layers before it), ``rows`` rows plus 20,000 fresh ones to measure what the codes generalize
+    to; targets from the float inputs (asymmetric reconstruction)."""
+    layer = gemm(rng, k=k, o=o, rows=rows + 20000, bits=bits)
+    x = layer.inputs + rng.normal(0, noise, layer.inputs.shape).astype(np.float32) * (layer.inputs > 0)
+    layer = replace(layer, inputs=x.astype(np.float32))
+    return layer.rows_slice(slice(0, rows)), layer.rows_slice(slice(rows, None))
+
+
+def test_folds_keep_each_sample_whole_and_spread_over_the_samples():
+    from calibrators.holdout import FOLDS, folds
+
+    samples = np.repeat(np.arange(10), 3)  # three rows per sample
+    f = folds(samples)
+    assert all(len(set(f[samples == j])) == 1 for j in range(10))  # a sample is never split
+    assert list(f[::3]) == [j % FOLDS for j in range(10)]  # sample j in fold j % FOLDS
+    assert list(folds(np.zeros(8, int))) == [0, 0, 1, 1, 2, 2, 3, 3]  # one sample: blocks of rows
+
+
+def test_few_rows_fitted_on_training_rows_keep_nearest(rng):
+    """One row per sample, 100 samples, 256 inputs, inputs of the quantized model noisier than the
+    float ones: AdaRound fits the rows it learns from and loses on fresh rows.  Judged on its
+    training rows (the rule before ``calibrators.holdout``) it would be kept; judged on held-out
+    samples nearest stays."""
+    from calibrators.holdout import judge
+
+    layer, fresh = noisy_gemm(rng, k=256, o=16, rows=100, noise=0.05)
+    near = nearest(layer)
+    fitted = adaround(layer, AdaRoundOptions(), np.random.default_rng(0)).codes
+    assert reconstruction_loss(layer, fitted) < 0.7 * reconstruction_loss(layer, near)  # fits its rows
+    assert reconstruction_loss(fresh, fitted) > reconstruction_loss(fresh, near)  # and loses elsewhere
+    verdict = judge(layer, np.arange(100), near, AdaRoundOptions(), 0)
+    assert not verdict.learned and np.array_equal(verdict.codes, near)
+    assert verdict.learnings == 4 and verdict.loss_learned >= verdict.loss_nearest
+
+
+@pytest.mark.parametrize("rows, per_sample, learnings", [(2048, 16, 1), (200, 1, 5)])
+def test_learned_codes_kept_where_they_generalize(rng, rows, per_sample, learnings):
+    """Exact inputs: learned codes beat nearest on fresh rows, with plenty of rows (one held-out
+    fold) and with few (cross-validated, then learned again on every row)."""
+    from calibrators.holdout import judge
+
+    layer, fresh = noisy_gemm(rng, k=64, o=16, rows=rows, noise=0.0)
+    near = nearest(layer)
+    verdict = judge(layer, np.arange(rows) // per_sample, near, AdaRoundOptions(), 0)
+    assert verdict.learned and verdict.learnings == learnings
+    assert verdict.loss_learned < verdict.loss_nearest
+    assert reconstruction_loss(fresh, verdict.codes) < 0.9 * reconstruction_loss(fresh, near)
+
+
+def test_admit_shapes_every_judged_and_kept_candidate(rng):
+    """The caller's ``admit`` (the x86 pair bound) is applied before a candidate is judged and to
+    the codes kept."""
+    from calibrators.holdout import judge
+
+    layer, _ = noisy_gemm(rng, k=16, o=4, rows=64, noise=0.0)
+    near = nearest(layer)
+    seen = []
+
+    def admit(codes):
+        seen.append(codes)
+        return near.copy()  # every candidate forced back to nearest: it never wins
+
+    verdict = judge(layer, np.arange(64), near, AdaRoundOptions(iterations=50), 0, admit)
+    assert len(seen) == 4 and not verdict.learned

@@ -14,10 +14,11 @@ they are once quantized, so that a layer can absorb the error its inputs already
    the same positions, and the exact mean of its input rows; only the nodes no earlier wave ran
    are run (``ptqcli.rounding.incremental``), so all waves together cost about one pass;
 3. with per-tensor weights, each layer's weight range is chosen by its output error on those
-   rows (``ptqcli.rounding.weight_range``); then each layer of the wave is rounded (``calibrators.adaround`` on the first three quarters of its
-   rows, judged against nearest rounding on the last quarter, which come from other samples; a
-   layer whose learned codes do not lower the held-out loss keeps nearest), its codes kept within
-   the x86 pair bound (``ptqcli.rounding.pairs``), and its bias corrected: ``b -= E[W~ x^ + b] -
+   rows (``ptqcli.rounding.weight_range``); then each layer of the wave is rounded
+   (``calibrators.adaround``), its codes kept within the x86 pair bound (``ptqcli.rounding.pairs``)
+   and judged against nearest rounding on calibration samples they were not learned from (a
+   layer whose learned codes do not lower the held-out loss keeps nearest:
+   ``calibrators.holdout``), and its bias corrected: ``b -= E[W~ x^ + b] -
    E[W x + b]`` per output channel (Nagel et al. 2019, section 4.2, "empirical bias correction"),
    with the expectations over every position of the pass, not only the sampled rows.
 
@@ -35,7 +36,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from calibrators.adaround import AdaRoundOptions, Layer, adaround, reconstruction_loss
+from calibrators import holdout
+from calibrators.adaround import AdaRoundOptions, Layer
 from ptqcli import runtime
 from ptqcli.export.qdq import float_copy, insert_qdq
 from ptqcli.graph import Prepared, attr
@@ -48,14 +50,12 @@ from ptqcli.rounding.incremental import Incremental
 from ptqcli.rounding.layers import LayerView, Unsupported, view
 from ptqcli.rounding.options import RoundingOptions
 
-#: Share of each layer's rows (the last samples) kept out of training to judge learned codes.
-HOLDOUT = 0.25
-
 
 @dataclass(frozen=True)
 class LayerReport:
     """What happened to one layer.  Losses: held-out reconstruction loss of nearest and learned
-    codes (None without AdaRound); ``learned``: the learned codes were kept; ``repaired``: codes
+    codes (None without AdaRound); ``learnings``: times AdaRound learned the layer
+    (``calibrators.holdout``); ``learned``: the learned codes were kept; ``repaired``: codes
     moved back toward zero for the x86 pair bound; ``bias_shift``: largest bias change, in
     output units (None: not corrected); ``weight_range``: per-tensor weights, the factor the
     chosen range lies below the max range (1: max kept; None: per-channel weights)."""
@@ -72,6 +72,7 @@ class LayerReport:
     bias_shift: float | None
     seconds: float
     weight_range: float | None = None
+    learnings: int = 0
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class _Rows:
 
     positions: list[np.ndarray]       # per batch: flat output positions
     targets: list[np.ndarray]         # per batch: [G, r, O/G] float pre-activation rows
+    samples: list[np.ndarray]         # per batch: the calibration sample of each row (index over all batches)
     float_sum: np.ndarray | None = None
     float_count: int = 0
     inputs: list[np.ndarray] | None = None
@@ -173,23 +175,26 @@ def round_weights(prepared: Prepared, table: ScaleTable, feeds: Sequence[Feed], 
             if progress is not None:  # counted as done: the bar covers every weight
                 progress(int(np.prod(index.shape[group.weight])))
     samples = sum(len(next(iter(f.values()))) for f in feeds)
-    rows = {a: _Rows([], []) for a in specs}
+    rows = {a: _Rows([], [], []) for a in specs}
     # 1. the float pass: targets at sampled positions, exact channel means
     session = runtime.session(_with_outputs(prepared.model, [s.pre for s in specs.values()]))
     names = [s.pre for s in specs.values()]
     budget = max(1, -(-options.adaround_samples // max(samples, 1)))
+    first = 0  # index of the batch's first sample
     for b, feed in enumerate(feeds):
         outs = dict(zip(names, session.run(names, feed)))
         for anchor, spec in specs.items():
             pre = outs[spec.pre]
-            pos = _sample(np.random.default_rng([options.seed, position[anchor], b]), spec.positions(pre.shape),
-                          budget, pre.shape[0])
+            per = spec.positions(pre.shape)
+            pos = _sample(np.random.default_rng([options.seed, position[anchor], b]), per, budget, pre.shape[0])
             r = rows[anchor]
             r.positions.append(pos)
+            r.samples.append(first + pos // per)
             r.targets.append(spec.targets(pre, pos))
             s, n = _channel_sum(spec, pre)
             r.float_sum = s if r.float_sum is None else r.float_sum + s
             r.float_count += n
+        first += len(next(iter(feed.values())))
     del session
     order = waves(prepared, set(specs))
     reports: list[LayerReport] = []
@@ -206,7 +211,7 @@ def round_weights(prepared: Prepared, table: ScaleTable, feeds: Sequence[Feed], 
                 table = replace(table, tensors={**table.tensors, **entries})
             stored = stored.merged(codes=new_codes)
             current = replace(table, stored=stored)
-            rows[anchor] = _Rows([], [])  # free the rows
+            rows[anchor] = _Rows([], [], [])  # free the rows
             reports.append(report)
             if progress is not None:
                 progress(report.weights)
@@ -277,24 +282,29 @@ def _round_layer(prepared: Prepared, table: ScaleTable, spec: LayerView, r: _Row
             new[spec.weight] = nearest
     chosen = nearest
     loss_n = loss_l = None
-    learned, repaired, iterations = False, 0, 0
+    learned, repaired, iterations, learnings = False, 0, 0, 0
     if options.weights == "adaround":
-        cut = int(round(layer.rows * (1 - HOLDOUT)))
-        train, held = layer.rows_slice(slice(0, cut)), layer.rows_slice(slice(cut, None))
-        result = adaround(train, AdaRoundOptions(iterations=options.adaround_iters), np.random.default_rng(seed))
-        iterations = result.iterations
-        candidate = spec.unview(result.codes).astype(nearest.dtype)
-        if pair_bound:
-            trans_b = bool(attr(spec.node, "transB", 0))
-            candidate, repaired = pairs.repair(spec.op_type, candidate, w / _broadcast_scale(spec, wp, w),
-                                               group=spec.groups, trans_b=trans_b)
-            if factor not in (None, 1.0):  # codes saturated by a clipped range: beyond what repair moves
-                candidate, more = pairs.saturate(spec.op_type, candidate, group=spec.groups, trans_b=trans_b)
-                repaired += more
-        loss_n = reconstruction_loss(held, spec.view(nearest).astype(np.int32))
-        loss_l = reconstruction_loss(held, spec.view(candidate).astype(np.int32))
-        if loss_l < loss_n:
-            chosen, learned = candidate, True
+        trans_b = bool(attr(spec.node, "transB", 0))
+        ratio = w / _broadcast_scale(spec, wp, w)
+
+        def admit(learned: np.ndarray) -> np.ndarray:
+            """Codes ``[G, O, K]`` within the x86 pair bound (counting the codes moved)."""
+            nonlocal repaired
+            candidate = spec.unview(learned).astype(nearest.dtype)
+            if pair_bound:
+                candidate, moved = pairs.repair(spec.op_type, candidate, ratio, group=spec.groups, trans_b=trans_b)
+                if factor not in (None, 1.0):  # codes saturated by a clipped range: beyond what repair moves
+                    candidate, more = pairs.saturate(spec.op_type, candidate, group=spec.groups, trans_b=trans_b)
+                    moved += more
+                repaired = moved
+            return spec.view(candidate).astype(np.int32)
+
+        verdict = holdout.judge(layer, np.concatenate(r.samples), spec.view(nearest).astype(np.int32),
+                                AdaRoundOptions(iterations=options.adaround_iters), seed, admit)
+        iterations, learnings = verdict.iterations, verdict.learnings
+        loss_n, loss_l = verdict.loss_nearest, verdict.loss_learned
+        if verdict.learned:
+            chosen, learned = spec.unview(verdict.codes).astype(nearest.dtype), True
             new[spec.weight] = chosen
     shift = None
     if options.bias_correction and spec.bias is not None and r.input_count and r.float_count:
@@ -306,7 +316,7 @@ def _round_layer(prepared: Prepared, table: ScaleTable, spec: LayerView, r: _Row
         new[spec.bias] = quantize_bias(corrected, table.tensors[spec.bias].params)
         shift = float(np.abs(delta).max(initial=0.0))
     report = LayerReport(spec.anchor, spec.op_type, int(w.size), layer.rows, iterations, loss_n, loss_l, learned,
-                         repaired if learned else 0, shift, time.perf_counter() - t0, factor)
+                         repaired if learned else 0, shift, time.perf_counter() - t0, factor, learnings)
     return report, new, entries
 
 
