@@ -115,3 +115,34 @@ def test_kept_values_do_not_hold_the_whole_output():
     out = np.arange(1000, dtype=np.float32).reshape(10, 100)
     kept = collect._kept(out, 3, 7)
     assert kept.base is None and np.array_equal(kept, out.reshape(-1)[3::7])
+
+
+def test_automatic_runs_hold_what_the_budget_allows_and_count_the_same(cnn, calib_dir, monkeypatch):
+    prepared, tensors = cnn
+    files = list_samples(calib_dir, limit=24)
+    first = next(iter(batches(files[:1], prepared.inputs)))
+    plan = collect.plans(prepared, tensors, first, 100)
+    _, lean = probes.lean_model(prepared, plan)
+    per_sample = probes.run_bytes(lean, {t: p.row for t, p in plan.items()}, {t: p.stride for t, p in plan.items()})
+    held, real = [], collect.runtime.session
+
+    class Recording:
+        def __init__(self, session):
+            self.session = session
+
+        def get_outputs(self):
+            return self.session.get_outputs()
+
+        def run(self, names, feeds):
+            out = self.session.run(names, feeds)
+            held.append((len(feeds["image"]), sum(o.nbytes for o in out)))
+            return out
+
+    monkeypatch.setattr(collect.runtime, "session", lambda model, **kw: Recording(real(model, **kw)))
+    budgeted = collect.observe(prepared, tensors, batches(files, prepared.inputs, batch_size=8), subsample=100,
+                               budget=3 * per_sample)
+    assert max(n for n, _ in held) == 3  # runs of 3 samples cut from batches of 8
+    assert all(size <= 3 * per_sample for _, size in held)  # outputs within what the budget counted
+    whole = run_observe(prepared, tensors, files, 8, subsample=100)
+    for t in tensors:
+        assert np.array_equal(budgeted.histograms[t].counts, whole.histograms[t].counts), t
