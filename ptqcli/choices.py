@@ -23,6 +23,6 @@ ON_BAD_SAMPLE = ("fail", "skip")
 #: on calibration data (AdaRound, Nagel et al. 2020).
 WEIGHTS = ("nearest", "adaround")
 
-#: When the observation pass checkpoints by default (``ptqcli.observe.collect.Every``): by the
+#: When the observation pass checkpoints by default (``ptqcli.observe.state.Every``): by the
 #: clock, so that a fast model does not spend its pass writing checkpoints.
 CHECKPOINT_EVERY = "30s"

@@ -19,6 +19,7 @@ from ptqcli import api
 from ptqcli.graph import prepare
 from ptqcli.observe import checkpoint, collect
 from ptqcli.observe.dataset import batches, list_samples
+from ptqcli.observe.state import Every
 from ptqcli.quantize.plan import analyse
 from ptqcli.quantize.scale_groups import observed_tensors
 
@@ -43,7 +44,7 @@ def every_resume_matches(model, folder, tensors, batch_size, subsample, tmp_path
 
     saved = []
     whole = collect.observe(prepared, tensors, feed(), subsample=subsample, again=feed, checkpoint=saved.append,
-                            every=collect.Every(samples=1))
+                            every=Every(samples=1))
     key = checkpoint.Key.of(prepared.fingerprint, files, {"subsample": subsample})
     path = tmp_path / "c.ckpt.npz"
     for state in saved:
@@ -52,7 +53,7 @@ def every_resume_matches(model, folder, tensors, batch_size, subsample, tmp_path
         later = []
         resumed = collect.observe(prepared, tensors, feed(len(files) if state.recount else state.files),
                                   subsample=subsample, again=feed, resume=state, first=next(feed()),
-                                  checkpoint=later.append, every=collect.Every(samples=1))
+                                  checkpoint=later.append, every=Every(samples=1))
         same(whole, resumed)
         assert len(later) == len(saved) - saved.index(next(s for s in saved if s.files == state.files
                                                            and s.recount == state.recount)) - 1
@@ -131,17 +132,17 @@ def test_the_checkpoint_goes_once_the_observations_are_saved(cnn_model, calib_di
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json", "t.obs.npz"]
 
 
-@pytest.mark.parametrize("text, every", [("256", collect.Every(samples=256)), (256, collect.Every(samples=256)),
-                                         ("30s", collect.Every(seconds=30.0)), ("0.5S", collect.Every(seconds=0.5)),
-                                         ("0", collect.Every()), ("0s", collect.Every())])
+@pytest.mark.parametrize("text, every", [("256", Every(samples=256)), (256, Every(samples=256)),
+                                         ("30s", Every(seconds=30.0)), ("0.5S", Every(seconds=0.5)),
+                                         ("0", Every()), ("0s", Every())])
 def test_checkpoint_every_reads_samples_seconds_or_never(text, every):
-    assert collect.Every.parse(text) == every and bool(every) == (every != collect.Every())
+    assert Every.parse(text) == every and bool(every) == (every != Every())
 
 
 @pytest.mark.parametrize("text", ["5m", "-1", "x", "nans", "infs", "1.5", ""])
 def test_a_bad_checkpoint_interval_is_named(cnn_model, calib_dir, tmp_path, text):
     with pytest.raises(ValueError):
-        collect.Every.parse(text)
+        Every.parse(text)
     code, out = run("calibrate", cnn_model, "--data", calib_dir, "-o", tmp_path / "t.json", "--checkpoint-every",
                     text)
     assert code == 2 and one_line_error(out).startswith(f"Error: --checkpoint-every {text!r}: give a count")
@@ -155,7 +156,7 @@ def test_the_clock_decides_when_a_checkpoint_is_due(cnn_model, calib_dir, second
     saved = []
     collect.observe(prepared, observed_tensors(prepared.index, analyse(prepared.index)),
                     batches(files, prepared.inputs, batch_size=10), checkpoint=saved.append,
-                    every=collect.Every(seconds=seconds))
+                    every=Every(seconds=seconds))
     expected = list(range(10, len(files) + 1, 10)) if after_every_batch else []
     assert [s.files for s in saved] == expected
 

@@ -1,4 +1,4 @@
-"""Checkpoints of the observation pass: its state (``collect.PassState``) saved atomically every
+"""Checkpoints of the observation pass: its state (``state.PassState``) saved atomically every
 so many samples, so that an interrupted pass continues where it stopped (``--resume``).
 
 A checkpoint records what it was made from, in three parts, and is refused unless all three
@@ -23,7 +23,7 @@ import numpy as np
 from ptqcli import __version__
 from ptqcli.errors import ObservationError
 from ptqcli.files import write_atomic
-from ptqcli.observe.collect import PassState
+from ptqcli.observe.state import PassState
 from ptqcli.observe.observations import pack, unpack
 
 FORMAT = "ptq-checkpoint"

@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -36,6 +34,7 @@ from ptqcli.graph import Prepared
 from ptqcli.graph.sign import nonnegative
 from ptqcli.observe.dataset import Batch
 from ptqcli.observe.observations import Observations
+from ptqcli.observe.state import Checkpoint, Every, PassState, Saver
 from ptqcli.observe.probes import Plan, Probe, lean_model, run_bytes
 
 #: Default cap on histogram values per sample and tensor.
@@ -213,84 +212,9 @@ class Stream:
         return values, lo, hi
 
 
-@dataclass(frozen=True)
-class PassState:
-    """Where an observation pass stands after a whole number of sample files: everything it needs
-    to go on (``ptqcli.observe.checkpoint`` writes it to disk), nothing per sample.
-
-    ``files``: sample files the current stage has consumed; ``samples``: samples the main stage
-    has run; ``strides``: per tensor (0: not known yet); ``seen``: the stream positions of the
-    current stage (which fix the subsample's offset in the next sample); ``chunk``: samples per
-    run (0: whole batches); ``histograms``: the main stage's.  ``recount``: the tensors (and
-    their row lengths) being counted again, every value, in the second stage (empty: still in
-    the main stage), into ``fresh``."""
-
-    files: int
-    samples: int
-    strides: dict[str, int]
-    seen: dict[str, int]
-    chunk: int
-    histograms: dict[str, histogram.Histogram]
-    recount: tuple[tuple[str, int], ...] = ()
-    fresh: dict[str, histogram.Histogram] = field(default_factory=dict)
-
-
-#: ``checkpoint(state)`` is called after whole batches, with every count flushed.
-Checkpoint = Callable[[PassState], None]
-
-
-@dataclass(frozen=True)
-class Every:
-    """When a pass saves a checkpoint: once ``samples`` samples, or ``seconds`` seconds, have
-    passed since the last one (0: that clock is off; both 0: never).  A checkpoint costs a write
-    of every histogram (tens of milliseconds), so a count of samples that suits a slow model
-    checkpoints a fast one many times a second; a clock costs each model the same fraction."""
-
-    samples: int = 0
-    seconds: float = 0.0
-
-    @classmethod
-    def parse(cls, text: int | str) -> "Every":
-        """``256`` or ``"256"``: samples; ``"30s"``: seconds; ``0``: never.  ValueError otherwise."""
-        word = str(text).strip().lower()
-        value = float(word[:-1]) if word.endswith("s") else int(word)
-        if not (value >= 0 and math.isfinite(value)):
-            raise ValueError(text)
-        return cls(seconds=value) if word.endswith("s") else cls(samples=value)
-
-    def __bool__(self) -> bool:
-        return self.samples > 0 or self.seconds > 0
-
-
-class _Saver:
-    """Counts what each batch consumed and says when a checkpoint is due (``every``) since the
-    last one; ``save`` then builds the state with ``snapshot(files)``."""
-
-    def __init__(self, checkpoint: Checkpoint | None, every: Every, files: int,
-                 snapshot: Callable[[int], PassState]) -> None:
-        self.checkpoint, self.every, self.files, self.snapshot = checkpoint, every, files, snapshot
-        self.since, self.last = 0, time.monotonic()
-
-    def due(self, files: int, samples: int, stopping: bool = False) -> bool:
-        """Count a batch; whether to save now (always when ``stopping``, if there is a checkpoint)."""
-        self.files += files
-        self.since += samples
-        if self.checkpoint is None:
-            return False
-        now = time.monotonic()
-        if not (stopping or 0 < self.every.samples <= self.since or 0 < self.every.seconds <= now - self.last):
-            return False
-        self.since, self.last = 0, now
-        return True
-
-    def save(self) -> None:
-        assert self.checkpoint is not None
-        self.checkpoint(self.snapshot(self.files))
-
-
 def run(session, probes: Sequence[Probe], batches: Iterable[Batch], stream: Stream,
          hists: dict[str, histogram.Histogram], progress: Callable[[int], None] | None, *,
-         chunk: int | None = None, saver: _Saver | None = None) -> int:
+         chunk: int | None = None, saver: Saver | None = None) -> int:
     """Run ``session`` over ``batches`` (each cut into runs of at most ``chunk`` samples) and
     count each probe's values into ``hists``; after a batch, when ``saver`` says a checkpoint is
     due, or a signal is held (``ptqcli.stops``), count every waiting value and save (and then, for
@@ -361,7 +285,7 @@ def _main(prepared: Prepared, plan: dict[str, Plan], first: Batch | None, batche
                          dict(stream.seen), chunk, dict(hists))
 
     counted = _Counted(batches)
-    saver = _Saver(checkpoint, every, state.files if state is not None else 0, snapshot)
+    saver = Saver(checkpoint, every, state.files if state is not None else 0, snapshot)
     samples += run(session, probes, counted, stream, hists, progress, chunk=chunk or None, saver=saver)
     return PassState(saver.files, samples, {t: k or 0 for t, k in stream.stride.items()}, dict(stream.seen),
                      chunk, hists)
@@ -392,7 +316,7 @@ def _recount(prepared: Prepared, state: PassState, again: Callable[[int], Iterab
     def snapshot(files: int) -> PassState:
         return dataclasses.replace(state, files=files, seen=dict(stream.seen), fresh=dict(fresh))
 
-    saver = _Saver(checkpoint, every, state.files, snapshot)
+    saver = Saver(checkpoint, every, state.files, snapshot)
     run(runtime.session(model), probes, again(state.files), stream, fresh, None, chunk=chunk, saver=saver)
     return fresh
 

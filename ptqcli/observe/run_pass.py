@@ -20,7 +20,7 @@ from ptqcli.choices import CHECKPOINT_EVERY
 from ptqcli.errors import Interrupted, Option, OptionError
 
 if TYPE_CHECKING:
-    from ptqcli.observe.collect import Every
+    from ptqcli.observe.state import Every
     from ptqcli.observe.dataset import ImageSpec
 
 _log = logging.getLogger("ptq")
@@ -55,7 +55,7 @@ class PassOptions:
 
     def every(self) -> Every:
         """``checkpoint_every`` read."""
-        from ptqcli.observe.collect import Every
+        from ptqcli.observe.state import Every
 
         try:
             return Every.parse(self.checkpoint_every)
@@ -76,6 +76,7 @@ def run_pass(prepared, tensors, samples, *, batch_size: int | None, image: Image
     workers.  ``update(n)`` counts samples; ``on_bad(path, error)``, when given, is called for a
     sample that fails its checks instead of raising."""
     from ptqcli.observe import checkpoint, collect
+    from ptqcli.observe.state import PassState
     from ptqcli.observe.dataset import batches
 
     budget = collect.BATCH_BYTES if batch_size is None else None
@@ -102,7 +103,7 @@ def run_pass(prepared, tensors, samples, *, batch_size: int | None, image: Image
             _log.warning(f"no checkpoint {ckpt_path} to resume from; starting from the first sample")
     saved: list[int] = []
 
-    def save(s: collect.PassState) -> None:
+    def save(s: PassState) -> None:
         checkpoint.save(s, key, ckpt_path)
         saved.append(s.samples)
 
