@@ -10,7 +10,8 @@ alternates from round to round), and float inference again; a round's yardstick 
 its two float passes, so that two versions of ptq are compared under the same load.  The ratio of a round compares measurements taken
 under nearly the same load from elsewhere on the machine; the rounds show how much that load
 moves it.  Prints one JSON document and, on stderr, per model, sample count and ptq: the ratio
-of every round, their median and their range.
+of every round, their median and their range, and the median against float inference whose
+session creation is counted too (as the observation pass counts its own).
 """
 
 from __future__ import annotations
@@ -29,12 +30,17 @@ PY = sys.executable
 PTQ = str(pathlib.Path(sys.executable).with_name("ptq"))
 
 
-def _seconds(cmd: list[str], key: str, timeout: float, log: pathlib.Path) -> float:
+def _json(cmd: list[str], timeout: float, log: pathlib.Path) -> dict:
     o = procs.run(cmd, timeout=timeout, log=log)  # without a log, procs.run sends stdout to /dev/null
     if o.status != "ok":
         raise SystemExit(f"bench.observe_time: {' '.join(cmd[:4])}...: {o.status}: {o.stderr_tail}")
-    doc = json.loads(o.stdout[o.stdout.find("{"):])
-    return doc["seconds"]["observe"] if key == "observe" else doc["seconds"]
+    return json.loads(o.stdout[o.stdout.find("{"):])
+
+
+def _float(cmd: list[str], timeout: float, log: pathlib.Path) -> tuple[float, float]:
+    """Float inference seconds over the samples, without and with creating its session."""
+    doc = _json(cmd, timeout, log)
+    return doc["seconds"], doc["seconds"] + doc["session_seconds"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,23 +62,28 @@ def main(argv: list[str] | None = None) -> None:
                 float_cmd = [PY, "-m", "bench.float_time", str(task.model_path), str(task.calib_dir),
                              "--limit", str(n), "--repeat", "1"]
                 for r in range(args.rounds):
-                    before = _seconds(float_cmd, "float", args.timeout, log)
+                    before = _float(float_cmd, args.timeout, log)
                     seconds = {}
                     for ptq in (ptqs if r % 2 == 0 else ptqs[::-1]):  # neither goes first every time
-                        seconds[ptq] = _seconds([ptq, "calibrate", str(task.model_path), "--data",
-                                                 str(task.calib_dir), "--limit", str(n), "-o",
-                                                 str(pathlib.Path(tmp) / "t.json"), "--method", "max", "--json",
-                                                 "-q"], "observe", args.timeout, log)
-                    fl = (before + _seconds(float_cmd, "float", args.timeout, log)) / 2  # float before and after
-                    row = {"float": round(fl, 3)}
-                    row.update({ptq: {"observe": round(ob, 3), "ratio": round(ob / fl, 3)} for ptq, ob in seconds.items()})
+                        seconds[ptq] = _json([ptq, "calibrate", str(task.model_path), "--data",
+                                              str(task.calib_dir), "--limit", str(n), "-o",
+                                              str(pathlib.Path(tmp) / "t.json"), "--method", "max", "--json",
+                                              "-q"], args.timeout, log)["seconds"]["observe"]
+                    after = _float(float_cmd, args.timeout, log)
+                    fl, fs = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2  # float before and after
+                    row = {"float": round(fl, 3), "float_with_session": round(fs, 3)}
+                    row.update({ptq: {"observe": round(ob, 3), "ratio": round(ob / fl, 3),
+                                      "ratio_with_session": round(ob / fs, 3)} for ptq, ob in seconds.items()})
                     rows.append(row)
                 entry = {"rounds": rows}
                 for ptq in ptqs:
                     ratios = [r[ptq]["ratio"] for r in rows]
-                    entry[ptq] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
+                    with_session = [r[ptq]["ratio_with_session"] for r in rows]
+                    entry[ptq] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                                  "median_with_session": statistics.median(with_session)}
                     print(f"{name} @{n} {ptq}: ratios {' '.join(f'{r:.2f}' for r in ratios)}; median "
-                          f"{statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}",
+                          f"{statistics.median(ratios):.2f}, range {min(ratios):.2f}-{max(ratios):.2f}; against "
+                          f"float with its session created: median {statistics.median(with_session):.2f}",
                           file=sys.stderr, flush=True)
                 out["tasks"].setdefault(name, {})[str(n)] = entry
     print(json.dumps(out, sort_keys=True))
