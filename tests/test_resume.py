@@ -203,3 +203,19 @@ def test_a_signal_at_a_random_point_then_resume_gives_the_same_table_bytes(cnn_m
     assert f"note: resuming from {ckpt}: {done} samples observed" in stderr
     assert table.read_bytes() == whole.read_bytes(), seed
     assert not ckpt.exists()
+
+
+def test_a_signal_as_soon_as_the_pass_is_announced_waits_for_the_first_batch(cnn_model, calib_dir, tmp_path):
+    """The progress line is out before the pass has set itself up (imports, the checkpoint key,
+    the session): a Ctrl-C then must still wait for a batch and leave a checkpoint, not stop
+    with nothing saved (what a test that signals at a random point met now and then)."""
+    folder = make_folder(calib_dir, tmp_path / "calib", 3)
+    table = tmp_path / "t.json"
+    process = ptq("calibrate", cnn_model, "--data", folder, "--batch-size", "1", "-o", table)
+    assert process.stderr.readline().startswith("observing: 600 samples")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    line = error_line(stderr)
+    assert f"the checkpoint {api.checkpoint_path_for(table)} holds " in line, line
+    assert 1 <= int(line.split(" holds ")[1].split()[0]) < 600, line

@@ -75,9 +75,29 @@ def run_pass(prepared, tensors, samples, *, batch_size: int | None, image: Image
     ``pass_options.checkpoint_every`` samples and resumed from ``ckpt_path``, or sharded over Dask
     workers.  ``update(n)`` counts samples; ``on_bad(path, error)``, when given, is called for a
     sample that fails its checks instead of raising."""
+    if pass_options.distributed:
+        from ptqcli.observe import collect, distributed
+
+        budget = collect.BATCH_BYTES if batch_size is None else None
+        return distributed.observe(prepared, tensors, samples, image=image,
+                                   batch_size=batch_size, subsample=subsample, budget=budget,
+                                   workers=pass_options.workers, scheduler=pass_options.scheduler, progress=update)
+    # From here a first Ctrl-C waits for the batch under way and a checkpoint of every sample run,
+    # also while the pass is still being set up (the progress line is already out): the end of
+    # the first batch is where it is seen then.
+    with stops.deferred():
+        return _checkpointed(prepared, tensors, samples, batch_size=batch_size, image=image,
+                             pass_options=pass_options, subsample=subsample, ckpt_path=ckpt_path,
+                             update=update, on_bad=on_bad)
+
+
+def _checkpointed(prepared, tensors, samples, *, batch_size: int | None, image: ImageSpec,
+                  pass_options: PassOptions, subsample: int, ckpt_path: pathlib.Path,
+                  update: Callable[[int], None], on_bad):
+    """The single-process pass of ``run_pass``, with its checkpoints and resume."""
     from ptqcli.observe import checkpoint, collect
-    from ptqcli.observe.state import PassState
     from ptqcli.observe.dataset import batches
+    from ptqcli.observe.state import PassState
 
     budget = collect.BATCH_BYTES if batch_size is None else None
 
@@ -85,12 +105,6 @@ def run_pass(prepared, tensors, samples, *, batch_size: int | None, image: Image
         return batches(samples, prepared.inputs, batch_size=batch_size, image=image,
                        start=start, on_bad=on_bad)
 
-    if pass_options.distributed:
-        from ptqcli.observe import distributed
-
-        return distributed.observe(prepared, tensors, samples, image=image,
-                                   batch_size=batch_size, subsample=subsample, budget=budget,
-                                   workers=pass_options.workers, scheduler=pass_options.scheduler, progress=update)
     key = checkpoint.Key.of(prepared.fingerprint, samples, {
         "tensors": list(tensors), "subsample": subsample, "batch_size": batch_size,
         "image": dataclasses.asdict(image), "budget": budget})
@@ -109,14 +123,13 @@ def run_pass(prepared, tensors, samples, *, batch_size: int | None, image: Image
 
     every = pass_options.every()
     try:
-        with stops.deferred():  # Ctrl-C stops after a batch, with a checkpoint of every sample run
-            if state is None:
-                return collect.observe(prepared, tensors, feed(), subsample=subsample, progress=update,
-                                       budget=budget, again=feed, checkpoint=save if every else None, every=every)
-            update(state.files if not state.recount else len(samples))
-            return collect.observe(prepared, tensors, feed(len(samples) if state.recount else state.files),
-                                   subsample=subsample, progress=update, budget=budget, again=feed, resume=state,
-                                   first=next(feed(), None), checkpoint=save if every else None, every=every)
+        if state is None:
+            return collect.observe(prepared, tensors, feed(), subsample=subsample, progress=update,
+                                   budget=budget, again=feed, checkpoint=save if every else None, every=every)
+        update(state.files if not state.recount else len(samples))
+        return collect.observe(prepared, tensors, feed(len(samples) if state.recount else state.files),
+                               subsample=subsample, progress=update, budget=budget, again=feed, resume=state,
+                               first=next(feed(), None), checkpoint=save if every else None, every=every)
     except KeyboardInterrupt as exc:
         if saved or state is not None:  # the file, not saved[-1]: a signal can land between the rename and the append
             done = checkpoint.load(ckpt_path, key).samples if ckpt_path.exists() else None

@@ -264,6 +264,7 @@ def observe_samples(model: Model, paths: Paths, samples: list[pathlib.Path], *, 
     from ptqcli.quantize.scale_groups import observation_plan
 
     tensors, derived = observation_plan(model.prepared.index, model.decisions.structure)
+    per_sample = _subsample(subsample)  # imports the pass before its progress line: see run_pass on Ctrl-C
     t0 = time.perf_counter()
     skipped: list[SkippedSample] = []
     with progress(len(samples)) as update:
@@ -273,7 +274,7 @@ def observe_samples(model: Model, paths: Paths, samples: list[pathlib.Path], *, 
                 update(1)
 
         obs = run_pass(model.prepared, tensors, samples, batch_size=data_options.batch_size,
-                       image=data_options.image, pass_options=pass_options, subsample=_subsample(subsample),
+                       image=data_options.image, pass_options=pass_options, subsample=per_sample,
                        ckpt_path=paths.checkpoint, update=update, on_bad=skip_counted if skip else None)
     obs = derive(model.prepared, obs, derived)
     return Observed(obs, time.perf_counter() - t0, tuple(skipped))
