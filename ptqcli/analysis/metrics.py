@@ -54,10 +54,15 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.einsum("i,i->", a, b))
 
 
+def energy(x: np.ndarray) -> float:
+    """``sum(x ** 2)`` in float64."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    return _dot(x, x)
+
+
 def noise_energy(ref: np.ndarray, test: np.ndarray) -> float:
     """``sum((ref - test) ** 2)`` in float64 (a float32 difference is exact in float64)."""
-    d = np.asarray(test, dtype=np.float64).ravel() - np.asarray(ref).ravel()
-    return _dot(d, d)
+    return energy(np.asarray(test, dtype=np.float64) - np.asarray(ref))
 
 
 def class_scores(output: np.ndarray, count: int) -> bool:

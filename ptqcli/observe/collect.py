@@ -35,7 +35,7 @@ from ptqcli.graph.sign import nonnegative
 from ptqcli.observe.dataset import Batch
 from ptqcli.observe.observations import Observations
 from ptqcli.observe.state import Checkpoint, Every, PassState, Saver
-from ptqcli.observe.probes import Plan, Probe, lean_model, run_bytes
+from ptqcli.observe.probes import Plan, Probe, lean_model, run_samples
 
 #: Default cap on histogram values per sample and tensor.
 SUBSAMPLE = 1 << 12
@@ -256,7 +256,7 @@ def run(session, probes: Sequence[Probe], batches: Iterable[Batch], stream: Stre
 
 def _main(prepared: Prepared, plan: dict[str, Plan], first: Batch | None, batches: Iterator[Batch],
           state: PassState | None, progress: Callable[[int], None] | None, budget: int | None,
-          checkpoint: Checkpoint | None, every: int, subsample: int) -> PassState:
+          checkpoint: Checkpoint | None, every: Every, subsample: int) -> PassState:
     """The main stage, from the start (``state`` None; ``first`` is then the first batch) or from
     ``state``.  Returns the state at its end."""
     stream = Stream(plan, subsample, state.seen if state is not None else None)
@@ -273,9 +273,8 @@ def _main(prepared: Prepared, plan: dict[str, Plan], first: Batch | None, batche
             head, rest = _split(first)
             samples = run(session, probes, [head], stream, hists, progress)
             first = rest
-        footprint = run_bytes(probes, {t: p.row if p.row is not None else stream.seen[t] for t, p in plan.items()},
-                              {t: k or 1 for t, k in stream.stride.items()})
-        chunk = 0 if budget is None else max(1, budget // max(footprint, 1))
+        lengths = {t: p.row if p.row is not None else stream.seen[t] for t, p in plan.items()}
+        chunk = run_samples(budget, probes, lengths, {t: k or 1 for t, k in stream.stride.items()})
         batches = itertools.chain([first] if first is not None else [], batches)
     else:
         chunk = state.chunk
@@ -305,11 +304,12 @@ class _Counted:
 
 
 def _recount(prepared: Prepared, state: PassState, again: Callable[[int], Iterable[Batch]],
-             checkpoint: Checkpoint | None, every: Every, subsample: int, budget: int | None) -> dict[str, histogram.Histogram]:
+             checkpoint: Checkpoint | None, every: Every, subsample: int,
+             budget: int | None) -> dict[str, histogram.Histogram]:
     """The second stage: every value of ``state.recount`` counted again, from ``state``."""
     dense = {t: Plan(row, 1, not nonnegative(prepared.index, t)) for t, row in state.recount}
     model, probes = lean_model(prepared, dense)
-    chunk = None if budget is None else max(1, budget // max(run_bytes(probes, dict(state.recount), {}), 1))
+    chunk = run_samples(budget, probes, dict(state.recount), {})
     stream = Stream(dense, subsample, state.seen)
     fresh = dict(state.fresh)
 
@@ -317,7 +317,7 @@ def _recount(prepared: Prepared, state: PassState, again: Callable[[int], Iterab
         return dataclasses.replace(state, files=files, seen=dict(stream.seen), fresh=dict(fresh))
 
     saver = Saver(checkpoint, every, state.files, snapshot)
-    run(runtime.session(model), probes, again(state.files), stream, fresh, None, chunk=chunk, saver=saver)
+    run(runtime.session(model), probes, again(state.files), stream, fresh, None, chunk=chunk or None, saver=saver)
     return fresh
 
 

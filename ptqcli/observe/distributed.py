@@ -46,7 +46,7 @@ from ptqcli.graph.sign import nonnegative
 from ptqcli.observe import collect
 from ptqcli.observe.dataset import ImageSpec, batch_limit, batch_starts, batches, sample_shapes
 from ptqcli.observe.observations import Observations
-from ptqcli.observe.probes import Plan, Probe, lean_model, run_bytes
+from ptqcli.observe.probes import Plan, Probe, lean_model, run_samples
 
 #: Shards per worker: more than one, so that a fast worker takes over the shards of a slow (or
 #: dead) one; few, since each shard makes an ONNX Runtime session.
@@ -240,14 +240,14 @@ def observe(prepared: Prepared, tensors: Sequence[str], files: Sequence[pathlib.
                 for t in tensors}
         model, probes = lean_model(prepared, plan)
         strides = {t: p.stride for t, p in plan.items()}
-        chunk = 0 if budget is None else max(1, budget // max(run_bytes(probes, first, strides), 1))
+        chunk = run_samples(budget, probes, first, strides)
         job = Job(model, tuple(probes), plan, tuple(prepared.inputs), image, limit, chunk, subsample, per_host)
         hists, samples = _gather(c, job, parts, progress)
         flagged = [t for t in tensors if strides[t] > 1 and any(guard.uncounted(hists[t]))]
         if flagged:
             dense = {t: Plan(first[t], 1, plan[t].lower) for t in flagged}
             model, probes = lean_model(prepared, dense)
-            chunk = 0 if budget is None else max(1, budget // max(run_bytes(probes, first, {}), 1))
+            chunk = run_samples(budget, probes, first, {})
             again = Job(model, tuple(probes), dense, job.inputs, image, limit, chunk, subsample, per_host)
             fresh, _ = _gather(c, again, [Shard(s.files, dict.fromkeys(flagged, 0), s.samples) for s in parts], None)
             hists.update(fresh)

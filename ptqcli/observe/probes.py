@@ -52,6 +52,12 @@ class Plan:
     lower: bool
 
 
+def run_samples(budget: int | None, probes: Sequence[Probe], rows: dict[str, int], strides: dict[str, int]) -> int:
+    """Samples per run that keep a run within ``budget`` bytes (``run_bytes``): at least 1; 0
+    when there is no budget (runs are whole batches)."""
+    return 0 if budget is None else max(1, budget // max(run_bytes(probes, rows, strides), 1))
+
+
 def run_bytes(probes: Sequence[Probe], rows: dict[str, int], strides: dict[str, int]) -> int:
     """Bytes one sample holds at the peak of a run: what leaves the runtime (an exposed tensor's
     ``rows`` values, a reduced one's strided slice: stride 1 where ``strides`` has none), which

@@ -33,7 +33,7 @@ import onnx
 from onnx import helper
 
 from ptqcli import runtime
-from ptqcli.analysis.metrics import Agreement, noise_energy
+from ptqcli.analysis.metrics import Agreement, energy, noise_energy
 from ptqcli.export.qdq import float_copy, insert_qdq
 from ptqcli.graph import Prepared
 from ptqcli.observe.dataset import Feed
@@ -111,7 +111,7 @@ class Evaluator:
         reference = runtime.session(prepared.model)
         self._feeds = list(feeds)
         self._reference = [reference.run(self._outputs, f) for f in self._feeds]
-        self._signal = sum(Agreement().add(r, r).signal for ref in self._reference for r in ref)
+        self._signal = sum(energy(r) for ref in self._reference for r in ref)
 
     def params_of(self, table: ScaleTable) -> dict[str, QuantParams]:
         return {r: table.tensors[r].params for r in self.roots}
