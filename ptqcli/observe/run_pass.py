@@ -15,7 +15,6 @@ import pathlib
 import signal
 from typing import TYPE_CHECKING, Callable
 
-from ptqcli import stops
 from ptqcli.choices import CHECKPOINT_EVERY
 from ptqcli.errors import Interrupted, Option, OptionError
 
@@ -74,7 +73,11 @@ def run_pass(prepared, tensors, samples, *, batch_size: int | None, image: Image
     sized by ``collect.BATCH_BYTES``; images by ``image``): checkpointed every
     ``pass_options.checkpoint_every`` samples and resumed from ``ckpt_path``, or sharded over Dask
     workers.  ``update(n)`` counts samples; ``on_bad(path, error)``, when given, is called for a
-    sample that fails its checks instead of raising."""
+    sample that fails its checks instead of raising.
+
+    The single-process pass must run inside ``stops.deferred()`` (entered by the caller before
+    its progress line, so that a first Ctrl-C from the moment the pass is announced waits for
+    the batch under way and a checkpoint of every sample run); the Dask pass outside it."""
     if pass_options.distributed:
         from ptqcli.observe import collect, distributed
 
@@ -82,13 +85,9 @@ def run_pass(prepared, tensors, samples, *, batch_size: int | None, image: Image
         return distributed.observe(prepared, tensors, samples, image=image,
                                    batch_size=batch_size, subsample=subsample, budget=budget,
                                    workers=pass_options.workers, scheduler=pass_options.scheduler, progress=update)
-    # From here a first Ctrl-C waits for the batch under way and a checkpoint of every sample run,
-    # also while the pass is still being set up (the progress line is already out): the end of
-    # the first batch is where it is seen then.
-    with stops.deferred():
-        return _checkpointed(prepared, tensors, samples, batch_size=batch_size, image=image,
-                             pass_options=pass_options, subsample=subsample, ckpt_path=ckpt_path,
-                             update=update, on_bad=on_bad)
+    return _checkpointed(prepared, tensors, samples, batch_size=batch_size, image=image,
+                         pass_options=pass_options, subsample=subsample, ckpt_path=ckpt_path,
+                         update=update, on_bad=on_bad)
 
 
 def _checkpointed(prepared, tensors, samples, *, batch_size: int | None, image: ImageSpec,

@@ -25,7 +25,7 @@ import signal
 import time
 import typing
 
-from ptqcli import files
+from ptqcli import files, stops
 from ptqcli.choices import ON_BAD_SAMPLE
 from ptqcli.errors import DataError, Interrupted, ObservationError, Option, OptionError
 from ptqcli.quantize import decide
@@ -267,7 +267,9 @@ def observe_samples(model: Model, paths: Paths, samples: list[pathlib.Path], *, 
     per_sample = _subsample(subsample)  # imports the pass before its progress line: see run_pass on Ctrl-C
     t0 = time.perf_counter()
     skipped: list[SkippedSample] = []
-    with progress(len(samples)) as update:
+    # Deferred before the progress line is out: a Ctrl-C from then on waits for the first batch
+    # and its checkpoint (``run_pass``); the Dask pass stops at once.
+    with (contextlib.nullcontext() if pass_options.distributed else stops.deferred()), progress(len(samples)) as update:
         def skip_counted(path: pathlib.Path, exc: DataError) -> None:
             if path not in {s.file for s in skipped}:  # the guard's second reading meets it again
                 _skip(skipped, path, exc)
