@@ -3,10 +3,7 @@
 ONNX Runtime's basic optimizations fold BatchNormalization and a bias Add into a Conv, but not
 into a ConvTranspose (as in the DB head of PP-OCR detectors).  This pass handles both operators:
 
-- ``Conv|ConvTranspose -> Add(c)`` with ``c`` one value per output channel (or one value for
-  all): ``c`` joins the bias;
-- ``Conv|ConvTranspose -> Mul(c)`` likewise: output channel ``k``'s weights and bias are scaled
-  by ``c[k]`` (a learnable scale after a convolution, as PP-LCNetV3's affine blocks write it);
+- ``Conv|ConvTranspose -> Add(c)`` with ``c`` one value per output channel: ``c`` joins the bias;
 - ``Conv|ConvTranspose -> BatchNormalization``: with ``s = gamma / sqrt(var + eps)``, the
   weights of output channel ``k`` are scaled by ``s[k]`` and the bias becomes
   ``(b - mean) * s + beta`` (Ioffe & Szegedy 2015, inference form).
@@ -37,12 +34,12 @@ def _scale_channels(op_type: str, group: int, w: np.ndarray, s: np.ndarray) -> n
 
 
 def _per_channel(value: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
-    """``value`` as a vector of ``channels`` if it broadcasts as ``[1, C, 1, ...]`` (or is a single
-    value) over an output of ``rank`` dimensions without widening it, else None."""
+    """``value`` as a vector of ``channels`` if it broadcasts as ``[1, C, 1, ...]`` over an output
+    of ``rank`` dimensions, else None."""
     shape = (1,) * (rank - value.ndim) + value.shape
-    if len(shape) != rank or any(d != 1 for i, d in enumerate(shape) if i != 1) or shape[1] not in (1, channels):
+    if len(shape) != rank or shape[1] != channels or any(d != 1 for i, d in enumerate(shape) if i != 1):
         return None
-    return np.broadcast_to(value.reshape(-1), (channels,)).astype(np.float32)
+    return value.reshape(channels).astype(np.float32)
 
 
 def _affine(nxt: onnx.NodeProto, out: str, inits: dict, channels: int, rank: int):
@@ -50,13 +47,11 @@ def _affine(nxt: onnx.NodeProto, out: str, inits: dict, channels: int, rank: int
     def const(name: str) -> np.ndarray | None:
         return numpy_helper.to_array(inits[name]) if name in inits else None
 
-    if nxt.op_type in ("Add", "Mul") and len(nxt.input) == 2:
+    if nxt.op_type == "Add" and len(nxt.input) == 2:
         other = nxt.input[1] if nxt.input[0] == out else nxt.input[0]
         c = const(other)
-        v = _per_channel(c, channels, rank) if c is not None else None
-        if v is None:
-            return None
-        return (np.ones(channels, np.float32), v) if nxt.op_type == "Add" else (v, np.zeros(channels, np.float32))
+        shift = _per_channel(c, channels, rank) if c is not None else None
+        return None if shift is None else (np.ones(channels, np.float32), shift)
     if nxt.op_type == "BatchNormalization" and nxt.input[0] == out and len(nxt.output) == 1:
         values = [const(n) for n in nxt.input[1:5]]
         if any(v is None or v.shape != (channels,) for v in values):
@@ -68,7 +63,7 @@ def _affine(nxt: onnx.NodeProto, out: str, inits: dict, channels: int, rank: int
 
 
 def fold(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with per-channel Add, Mul and BatchNormalization folded into convolutions (in place)."""
+    """``model`` with per-channel Add and BatchNormalization folded into convolutions (in place)."""
     while _fold_once(model):
         pass
     return model
