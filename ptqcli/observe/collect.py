@@ -274,7 +274,7 @@ def _main(prepared: Prepared, plan: dict[str, Plan], first: Batch | None, batche
             samples = run(session, probes, [head], stream, hists, progress)
             first = rest
         lengths = {t: p.row if p.row is not None else stream.seen[t] for t, p in plan.items()}
-        chunk = run_samples(budget, probes, lengths, {t: k or 1 for t, k in stream.stride.items()})
+        chunk = run_samples(budget, lengths)
         batches = itertools.chain([first] if first is not None else [], batches)
     else:
         chunk = state.chunk
@@ -309,7 +309,7 @@ def _recount(prepared: Prepared, state: PassState, again: Callable[[int], Iterab
     """The second stage: every value of ``state.recount`` counted again, from ``state``."""
     dense = {t: Plan(row, 1, not nonnegative(prepared.index, t)) for t, row in state.recount}
     model, probes = lean_model(prepared, dense)
-    chunk = run_samples(budget, probes, dict(state.recount), {})
+    chunk = run_samples(budget, dict(state.recount))
     stream = Stream(dense, subsample, state.seen)
     fresh = dict(state.fresh)
 

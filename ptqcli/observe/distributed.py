@@ -240,14 +240,14 @@ def observe(prepared: Prepared, tensors: Sequence[str], files: Sequence[pathlib.
                 for t in tensors}
         model, probes = lean_model(prepared, plan)
         strides = {t: p.stride for t, p in plan.items()}
-        chunk = run_samples(budget, probes, first, strides)
+        chunk = run_samples(budget, first)
         job = Job(model, tuple(probes), plan, tuple(prepared.inputs), image, limit, chunk, subsample, per_host)
         hists, samples = _gather(c, job, parts, progress)
         flagged = [t for t in tensors if strides[t] > 1 and any(guard.uncounted(hists[t]))]
         if flagged:
             dense = {t: Plan(first[t], 1, plan[t].lower) for t in flagged}
             model, probes = lean_model(prepared, dense)
-            chunk = run_samples(budget, probes, first, {})
+            chunk = run_samples(budget, {t: first[t] for t in flagged})
             again = Job(model, tuple(probes), dense, job.inputs, image, limit, chunk, subsample, per_host)
             fresh, _ = _gather(c, again, [Shard(s.files, dict.fromkeys(flagged, 0), s.samples) for s in parts], None)
             hists.update(fresh)
