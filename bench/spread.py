@@ -6,7 +6,7 @@ disjoint calibration subsets.
 The task's calibration files (sorted) are cut into ``--subsets`` disjoint runs of ``--size``
 files (files 0-99, 100-199, ... by default).  On each, ``ptq calibrate`` observes once (the first
 method) and every other method reuses its observations; each table is exported and scored by
-``bench.evaluate`` on the whole evaluation folder.  Prints one JSON document and, on stderr, per
+``bench.evaluate`` on the whole evaluation folder (through ``bench.run``'s export and evaluation steps).  Prints one JSON document and, on stderr, per
 method: the task metric and output SQNR on every subset and their spread.  A difference between
 two methods, or two versions of one, smaller than that spread is not a measured difference.
 """
@@ -19,16 +19,8 @@ import pathlib
 import sys
 import tempfile
 
-from bench import procs
+from bench import procs, run
 from bench.common import TASKS, sample_files
-
-PY = sys.executable
-PTQ = str(pathlib.Path(sys.executable).with_name("ptq"))
-
-
-def _ok(o: procs.Outcome, what: str) -> None:
-    if o.status != "ok":
-        raise SystemExit(f"bench.spread: {what}: {o.status}: {o.stderr_tail}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=1800.0)
     args = parser.parse_args(argv)
     task = TASKS[args.task]
+    cfg = run.RunConfig((task.name,), args.size, None, None, args.timeout, 16.0, ort=False)
     methods = args.methods.split(",")
     files = sample_files(task.calib_dir)
     if len(files) < args.subsets * args.size:
@@ -57,17 +50,16 @@ def main(argv: list[str] | None = None) -> None:
             for i, method in enumerate(methods):
                 table = work / f"subset{k}-{method}.json"
                 source = ["--data", str(folder)] if i == 0 else ["--observations", str(obs)]
-                o = procs.run([PTQ, "calibrate", str(task.model_path), *source, "-o", str(table), "--method",
-                               method, "-q"], timeout=args.timeout, log=work / "run.log")
-                _ok(o, f"calibrate subset {k} {method}")
-                model = table.with_suffix(".onnx")
-                _ok(procs.run([PTQ, "export", str(task.model_path), "--table", str(table), "-o", str(model), "-q"],
-                              timeout=args.timeout, log=work / "run.log"), f"export subset {k} {method}")
-                scored = table.with_suffix(".eval.json")
-                _ok(procs.run([PY, "-m", "bench.evaluate", task.name, str(task.model_path), str(model),
-                               "--out", str(scored)], timeout=args.timeout, log=work / "run.log"),
-                    f"evaluate subset {k} {method}")
-                doc = json.loads(scored.read_text())
+                o = procs.run([run.PTQ, "calibrate", str(task.model_path), *source, "-o", str(table), "--method",
+                               method, "-q"], timeout=cfg.timeout, mem_gib=cfg.mem_gib, log=work / "run.log")
+                if o.status != "ok":
+                    raise SystemExit(f"bench.spread: calibrate subset {k} {method}: {o.status}: {o.stderr_tail}")
+                failed, model = run.ptq_export(task, table, cfg)
+                if model is None:
+                    raise SystemExit(f"bench.spread: subset {k} {method}: {failed}")
+                doc = run.evaluate(task, model, cfg, table.with_suffix(".eval.json"))
+                if "eval_status" in doc:
+                    raise SystemExit(f"bench.spread: evaluate subset {k} {method}: {doc}")
                 out["methods"][method].append({"subset": [k * args.size, (k + 1) * args.size],
                                                task.metric: doc["quant"][task.metric],
                                                "sqnr_db": doc["sqnr_db"], "logits_sqnr_db": doc["logits_sqnr_db"]})
