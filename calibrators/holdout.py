@@ -106,7 +106,6 @@ def judge(layer: Layer, samples: np.ndarray, nearest: np.ndarray, options: AdaRo
         return Verdict(nearest, False, float("nan"), float("nan"), 0, 0)
     loss_n = loss_l = 0.0
     held_rows = 0
-    candidate = nearest
     for f in judged:
         train, held = _rows(layer, fold != f), _rows(layer, fold == f)
         result = adaround(train, options, np.random.default_rng([*np.atleast_1d(seed), f]))

@@ -78,27 +78,29 @@ def run_pass(prepared, tensors, samples, *, batch_size: int | None, image: Image
     The single-process pass must run inside ``stops.deferred()`` (entered by the caller before
     its progress line, so that a first Ctrl-C from the moment the pass is announced waits for
     the batch under way and a checkpoint of every sample run); the Dask pass outside it."""
-    if pass_options.distributed:
-        from ptqcli.observe import collect, distributed
+    from ptqcli.observe import collect
 
-        budget = collect.BATCH_BYTES if batch_size is None else None
+    budget = collect.BATCH_BYTES if batch_size is None else None
+    if pass_options.distributed:
+        from ptqcli.observe import distributed
+
         return distributed.observe(prepared, tensors, samples, image=image,
                                    batch_size=batch_size, subsample=subsample, budget=budget,
                                    workers=pass_options.workers, scheduler=pass_options.scheduler, progress=update)
-    return _checkpointed(prepared, tensors, samples, batch_size=batch_size, image=image,
+    return _checkpointed(prepared, tensors, samples, batch_size=batch_size, budget=budget, image=image,
                          pass_options=pass_options, subsample=subsample, ckpt_path=ckpt_path,
                          update=update, on_bad=on_bad)
 
 
-def _checkpointed(prepared, tensors, samples, *, batch_size: int | None, image: ImageSpec,
+def _checkpointed(prepared, tensors, samples, *, batch_size: int | None, budget: int | None, image: ImageSpec,
                   pass_options: PassOptions, subsample: int, ckpt_path: pathlib.Path,
                   update: Callable[[int], None], on_bad):
-    """The single-process pass of ``run_pass``, with its checkpoints and resume."""
+    """The single-process pass of ``run_pass`` (runs cut to ``budget`` bytes), with its
+    checkpoints and resume."""
     from ptqcli.observe import checkpoint, collect
     from ptqcli.observe.dataset import batches
     from ptqcli.observe.state import PassState
 
-    budget = collect.BATCH_BYTES if batch_size is None else None
 
     def feed(start: int = 0):
         return batches(samples, prepared.inputs, batch_size=batch_size, image=image,
