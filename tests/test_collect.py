@@ -1,7 +1,6 @@
 import numpy as np
 import onnxruntime as ort
 import pytest
-from builders import conv_net, save, write_npy_folder
 
 from ptqcli.errors import DataError
 from ptqcli.graph import prepare
@@ -66,35 +65,6 @@ def test_nan_activation_names_the_tensor_and_files(tmp_path, cnn):
     np.save(tmp_path / "0001.npy", big)
     with pytest.raises(DataError, match=r"is NaN or infinite on sample\(s\) 0001.npy"):
         run_observe(prepared, tensors, list_samples(tmp_path), 1, subsample=100)
-
-
-def test_reducing_inside_the_runtime_or_in_numpy_gives_the_same_histograms(cnn, calib_dir, monkeypatch):
-    prepared, tensors = cnn
-    files = list_samples(calib_dir, limit=12)
-    monkeypatch.setattr(probes, "EXPOSE_ROW", 0)  # every tensor reduced in the graph
-    in_graph = run_observe(prepared, tensors, files, 5, subsample=100)
-    monkeypatch.setattr(probes, "EXPOSE_ROW", 1 << 30)  # every tensor copied out
-    in_numpy = run_observe(prepared, tensors, files, 5, subsample=100)
-    for t in tensors:
-        a, b = in_graph.histograms[t], in_numpy.histograms[t]
-        assert (a.width_exp, a.offset, a.minimum, a.maximum) == (b.width_exp, b.offset, b.minimum, b.maximum)
-        assert np.array_equal(a.counts, b.counts), t
-
-
-def test_in_graph_extremes_at_opset_18_where_reduce_axes_are_an_input(tmp_path, monkeypatch):
-    model = conv_net(np.random.default_rng(3))
-    model.opset_import[0].version = 18
-    prepared = prepare(save(model, tmp_path / "net18.onnx"))
-    tensors = observed_tensors(prepared.index, analyse(prepared.index))
-    files = list_samples(write_npy_folder(tmp_path / "calib", np.random.default_rng(4).normal(
-        size=(7, 1, 3, 8, 8)).astype(np.float32)))
-    monkeypatch.setattr(probes, "EXPOSE_ROW", 0)
-    in_graph = run_observe(prepared, tensors, files, 3, subsample=50)
-    monkeypatch.setattr(probes, "EXPOSE_ROW", 1 << 30)
-    in_numpy = run_observe(prepared, tensors, files, 3, subsample=50)
-    for t in tensors:
-        a, b = in_graph.histograms[t], in_numpy.histograms[t]
-        assert (a.minimum, a.maximum) == (b.minimum, b.maximum) and np.array_equal(a.counts, b.counts), t
 
 
 def test_lengths_from_inference_or_from_the_first_run_give_the_same_histograms(cnn, calib_dir, monkeypatch):

@@ -6,15 +6,14 @@ concatenation of the samples' flattened rows in file order (see ``stride_for`` f
 why this sees every channel).  A run over a batch starts where the previous run left off, so
 the values counted do not depend on batch size.
 
-Cost, not copies: every tensor's row length comes from ONNX shape inference with the inputs fixed
-to the first sample's shapes.  The samples run a lean model (``probes``) in which a long tensor
-is reduced inside ONNX Runtime, so only small outputs leave the runtime, and a short one is
-exposed and reduced in NumPy with the same arithmetic, so every sample contributes identically.
-A tensor whose length shape inference leaves unknown is reduced in the graph too, with its
-stride as an input: the first sample runs alone, with stride 1 for such tensors, which tells
-their length.  The minimum of a tensor that cannot be negative is not reduced (the range has 0
-as its lower end anyway; the histogram keeps the smallest value it counted).  Memory holds one
-batch of activations and the histograms, whatever the number of samples.
+Cost: every tensor's row length comes from ONNX shape inference with the inputs fixed to the
+first sample's shapes, and sizes the runs (``probes.run_samples``).  The samples run a lean model
+(``probes``) whose outputs are the observed tensors; NumPy takes each one's extremes and its
+subsample.  The length of a tensor that shape inference leaves unknown is learned from the first
+run, and the first sample then runs alone, so that it sizes the runs.  The minimum of a tensor
+that cannot be negative is not taken (the range has 0 as its lower end anyway; the histogram
+keeps the smallest value it counted).  Memory holds one run of activations and the histograms,
+whatever the number of samples.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ from ptqcli.graph.sign import nonnegative
 from ptqcli.observe.dataset import Batch
 from ptqcli.observe.observations import Observations
 from ptqcli.observe.state import Checkpoint, Every, PassState, Saver
-from ptqcli.observe.probes import Plan, Probe, lean_model, run_samples
+from ptqcli.observe.probes import Plan, lean_model, run_samples
 
 #: Default cap on histogram values per sample and tensor.
 SUBSAMPLE = 1 << 12
@@ -167,60 +166,38 @@ def plans(prepared: Prepared, tensors: Sequence[str], sample: Batch, subsample: 
 
 
 class Stream:
-    """Per tensor: where the stream stands (values seen: ``seen``, 0 at the first sample) and the
-    stride, once known."""
+    """Per tensor: where the stream stands (values seen: ``seen``, 0 at the first sample), the
+    stride (once known) and whether its minimum is wanted."""
 
     def __init__(self, plans: dict[str, Plan], subsample: int, seen: dict[str, int] | None = None) -> None:
         self.seen = {t: (seen or {}).get(t, 0) for t in plans}
         self.stride = {t: p.stride for t, p in plans.items()}
+        self.lower = {t: p.lower for t, p in plans.items()}
         self.subsample = subsample
 
-    def feeds(self, probes: Sequence[Probe]) -> dict[str, np.ndarray]:
-        """This run's slice starts (and strides, 1 while unknown: the whole tensor comes out)."""
-        out = {}
-        for p in probes:
-            if p.exposed:
-                continue
-            k = self.stride[p.tensor] or 1
-            out[p.start] = np.array([-self.seen[p.tensor] % k], np.int64)
-            if p.stride is not None:
-                out[p.stride] = np.array([k], np.int64)
-        return out
-
-    def take(self, probe: Probe, out: dict[str, np.ndarray], batch: Batch) -> tuple[np.ndarray, float | None, float]:
-        """The values to count, the minimum (None: not reduced) and the maximum of one probe."""
-        t = probe.tensor
-        if probe.exposed:  # NumPy's min and max propagate NaN: finite extremes, finite values
-            value = out[t]
-            hi = float(value.max()) if value.size else -math.inf
-            lo = float(value.min()) if probe.lower and value.size else None
-            if value.size and not (math.isfinite(hi) and (lo is None or math.isfinite(lo))):
-                raise _bad(t, batch)
-            values = _kept(value, -self.seen[t] % self.stride[t], self.stride[t])
-            self.seen[t] += value.size
-            return values, lo, hi
-        values, hi = out[probe.values], float(out[probe.maximum])
-        lo = float(out[probe.minimum]) if probe.minimum is not None else None
-        size = int(out[probe.size])
-        if self.stride[t] is None:  # the first run: the whole tensor came out
-            self.stride[t] = stride_for(size // batch.count, self.subsample)
-            values = values[::self.stride[t]]
-        self.seen[t] += size
-        if values.size and not (math.isfinite(hi) and (lo is None or math.isfinite(lo))
-                                and np.isfinite(values).all()):
+    def take(self, t: str, value: np.ndarray, batch: Batch) -> tuple[np.ndarray, float | None, float]:
+        """The values of tensor ``t`` to count from one run's ``value``, its minimum (None: not
+        wanted) and its maximum.  NumPy's min and max propagate NaN: finite extremes, finite values."""
+        if self.stride[t] is None:  # the first run tells the row length (a batch's rows are alike)
+            self.stride[t] = stride_for(value.size // batch.count, self.subsample)
+        hi = float(value.max()) if value.size else -math.inf
+        lo = float(value.min()) if self.lower[t] and value.size else None
+        if value.size and not (math.isfinite(hi) and (lo is None or math.isfinite(lo))):
             raise _bad(t, batch)
+        k = self.stride[t]
+        values = _kept(value, -self.seen[t] % k, k)
+        self.seen[t] += value.size
         return values, lo, hi
 
 
-def run(session, probes: Sequence[Probe], batches: Iterable[Batch], stream: Stream,
-         hists: dict[str, histogram.Histogram], progress: Callable[[int], None] | None, *,
-         chunk: int | None = None, saver: Saver | None = None) -> int:
-    """Run ``session`` over ``batches`` (each cut into runs of at most ``chunk`` samples) and
-    count each probe's values into ``hists``; after a batch, when ``saver`` says a checkpoint is
-    due, or a signal is held (``ptqcli.stops``), count every waiting value and save (and then, for
-    a signal, stop).  Returns the number of samples run."""
+def run(session, batches: Iterable[Batch], stream: Stream, hists: dict[str, histogram.Histogram],
+        progress: Callable[[int], None] | None, *, chunk: int | None = None, saver: Saver | None = None) -> int:
+    """Run ``session`` over ``batches`` (each cut into runs of at most ``chunk`` samples) and count
+    each output into the histogram of its name in ``hists``; after a batch, when ``saver`` says a
+    checkpoint is due, or a signal is held (``ptqcli.stops``), count every waiting value and save
+    (and then, for a signal, stop).  Returns the number of samples run."""
     names = [o.name for o in session.get_outputs()]
-    pending = {p.tensor: _Pending() for p in probes}
+    pending = {t: _Pending() for t in names}
 
     def flush() -> None:
         for t, wait in pending.items():
@@ -229,13 +206,12 @@ def run(session, probes: Sequence[Probe], batches: Iterable[Batch], stream: Stre
     samples = 0
     for whole in batches:
         for batch in _chunks(whole, chunk):
-            out = dict(zip(names, session.run(names, {**batch.feeds, **stream.feeds(probes)})))
-            for probe in probes:
-                values, lo, hi = stream.take(probe, out, batch)
-                wait = pending[probe.tensor]
+            for t, value in zip(names, session.run(names, batch.feeds)):
+                values, lo, hi = stream.take(t, value, batch)
+                wait = pending[t]
                 wait.add(values, lo, hi)
                 if wait.size >= FLUSH_VALUES:
-                    hists[probe.tensor] = wait.flush(hists[probe.tensor])
+                    hists[t] = wait.flush(hists[t])
             waiting = sum(w.size for w in pending.values())
             while waiting > PENDING_VALUES:  # the fullest first: what waits stays bounded whatever the phases
                 t, wait = max(pending.items(), key=lambda item: item[1].size)
@@ -262,16 +238,14 @@ def _main(prepared: Prepared, plan: dict[str, Plan], first: Batch | None, batche
     stream = Stream(plan, subsample, state.seen if state is not None else None)
     if state is not None:
         stream.stride.update({t: k for t, k in state.strides.items() if k})
-        plan = {t: Plan(p.row, stream.stride[t], p.lower) for t, p in plan.items()}
     hists = dict(state.histograms) if state is not None else {t: histogram.empty() for t in plan}
     samples = state.samples if state is not None else 0
-    model, probes = lean_model(prepared, plan)
-    session = runtime.session(model)
+    session = runtime.session(lean_model(prepared, list(plan)))
     if state is None:
         assert first is not None
         if any(p.row is None for p in plan.values()):  # the first sample alone tells the unknown lengths
             head, rest = _split(first)
-            samples = run(session, probes, [head], stream, hists, progress)
+            samples = run(session, [head], stream, hists, progress)
             first = rest
         lengths = {t: p.row if p.row is not None else stream.seen[t] for t, p in plan.items()}
         chunk = run_samples(budget, lengths)
@@ -285,7 +259,7 @@ def _main(prepared: Prepared, plan: dict[str, Plan], first: Batch | None, batche
 
     counted = _Counted(batches)
     saver = Saver(checkpoint, every, state.files if state is not None else 0, snapshot)
-    samples += run(session, probes, counted, stream, hists, progress, chunk=chunk or None, saver=saver)
+    samples += run(session, counted, stream, hists, progress, chunk=chunk or None, saver=saver)
     return PassState(saver.files, samples, {t: k or 0 for t, k in stream.stride.items()}, dict(stream.seen),
                      chunk, hists)
 
@@ -308,7 +282,6 @@ def _recount(prepared: Prepared, state: PassState, again: Callable[[int], Iterab
              budget: int | None) -> dict[str, histogram.Histogram]:
     """The second stage: every value of ``state.recount`` counted again, from ``state``."""
     dense = {t: Plan(row, 1, not nonnegative(prepared.index, t)) for t, row in state.recount}
-    model, probes = lean_model(prepared, dense)
     chunk = run_samples(budget, dict(state.recount))
     stream = Stream(dense, subsample, state.seen)
     fresh = dict(state.fresh)
@@ -317,7 +290,8 @@ def _recount(prepared: Prepared, state: PassState, again: Callable[[int], Iterab
         return dataclasses.replace(state, files=files, seen=dict(stream.seen), fresh=dict(fresh))
 
     saver = Saver(checkpoint, every, state.files, snapshot)
-    run(runtime.session(model), probes, again(state.files), stream, fresh, None, chunk=chunk or None, saver=saver)
+    run(runtime.session(lean_model(prepared, list(dense))), again(state.files), stream, fresh, None,
+        chunk=chunk or None, saver=saver)
     return fresh
 
 

@@ -46,7 +46,7 @@ from ptqcli.graph.sign import nonnegative
 from ptqcli.observe import collect
 from ptqcli.observe.dataset import ImageSpec, batch_limit, batch_starts, batches, sample_shapes
 from ptqcli.observe.observations import Observations
-from ptqcli.observe.probes import Plan, Probe, lean_model, run_samples
+from ptqcli.observe.probes import Plan, lean_model, run_samples
 
 #: Shards per worker: more than one, so that a fast worker takes over the shards of a slow (or
 #: dead) one; few, since each shard makes an ONNX Runtime session.
@@ -96,7 +96,6 @@ class Job:
     """What every shard runs with (sent to each worker once)."""
 
     model: onnx.ModelProto
-    probes: tuple[Probe, ...]
     plan: dict[str, Plan]
     inputs: tuple[InputSpec, ...]
     image: ImageSpec
@@ -185,7 +184,7 @@ def run_shard(job: Job, shard: Shard) -> tuple[dict[str, histogram.Histogram], i
     stream = collect.Stream(job.plan, job.subsample, shard.seen)
     hists = {t: histogram.empty() for t in job.plan}
     feed = batches(shard.files, job.inputs, batch_size=job.batch_size, image=job.image)
-    samples = collect.run(_session[1], job.probes, feed, stream, hists, None, chunk=job.chunk or None)
+    samples = collect.run(_session[1], feed, stream, hists, None, chunk=job.chunk or None)
     return hists, samples
 
 
@@ -238,17 +237,17 @@ def observe(prepared: Prepared, tensors: Sequence[str], files: Sequence[pathlib.
         first, limit = folder.first, folder.limit
         plan = {t: Plan(first[t], collect.stride_for(first[t], subsample), not nonnegative(prepared.index, t))
                 for t in tensors}
-        model, probes = lean_model(prepared, plan)
+        model = lean_model(prepared, tensors)
         strides = {t: p.stride for t, p in plan.items()}
         chunk = run_samples(budget, first)
-        job = Job(model, tuple(probes), plan, tuple(prepared.inputs), image, limit, chunk, subsample, per_host)
+        job = Job(model, plan, tuple(prepared.inputs), image, limit, chunk, subsample, per_host)
         hists, samples = _gather(c, job, parts, progress)
         flagged = [t for t in tensors if strides[t] > 1 and any(guard.uncounted(hists[t]))]
         if flagged:
             dense = {t: Plan(first[t], 1, plan[t].lower) for t in flagged}
-            model, probes = lean_model(prepared, dense)
+            model = lean_model(prepared, flagged)
             chunk = run_samples(budget, {t: first[t] for t in flagged})
-            again = Job(model, tuple(probes), dense, job.inputs, image, limit, chunk, subsample, per_host)
+            again = Job(model, dense, job.inputs, image, limit, chunk, subsample, per_host)
             fresh, _ = _gather(c, again, [Shard(s.files, dict.fromkeys(flagged, 0), s.samples) for s in parts], None)
             hists.update(fresh)
             strides.update(dict.fromkeys(flagged, 1))
