@@ -243,7 +243,7 @@ def _main(prepared: Prepared, plan: dict[str, Plan], first: Batch | None, batche
     session = runtime.session(lean_model(prepared, list(plan)))
     if state is None:
         assert first is not None
-        if any(p.row is None for p in plan.values()):  # the first sample alone tells the unknown lengths
+        if any(p.row is None for p in plan.values()):  # the first sample runs alone: its lengths size the runs
             head, rest = _split(first)
             samples = run(session, [head], stream, hists, progress)
             first = rest
